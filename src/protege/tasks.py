@@ -1,0 +1,125 @@
+"""A task spec: what the teacher is asked, what a valid answer looks like, and how the student
+is prompted. One YAML file (see docs/interfaces.md and examples/tasks/).
+
+The teacher sees the instructions and few-shot examples; the student is trained on the bare
+rendered input, so at serve time it needs no long prompt (that is where its speed comes from).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+import jsonschema
+from pydantic import Field, model_validator
+
+from protege.config import Strict, load_yaml_model
+from protege.errors import DataError, UserError
+
+_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+
+
+class OutputSpec(Strict):
+    kind: Literal["label", "text", "json"] = "text"
+    labels: list[str] | None = None
+    """The fixed label set, for kind: label."""
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    """A JSON Schema, for kind: json."""
+
+    @model_validator(mode="after")
+    def _check(self) -> OutputSpec:
+        if self.kind == "label" and not self.labels:
+            raise ValueError("kind: label needs a non-empty `labels` list")
+        if self.kind == "json" and self.schema_ is None:
+            self.schema_ = {"type": "object"}
+        return self
+
+
+class Example(Strict):
+    input: dict[str, Any]
+    output: Any
+
+
+class Task(Strict):
+    name: str
+    instructions: str = ""
+    """The system prompt given to the teacher."""
+    input: str = "{{ text }}"
+    """Jinja template over the input record's fields."""
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    examples: list[Example] = Field(default_factory=list)
+    """Few-shot examples, shown to teachers only."""
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.output.labels or [])
+
+    def render(self, fields: dict[str, Any]) -> str:
+        try:
+            return _JINJA.from_string(self.input).render(**fields).strip()
+        except jinja2.UndefinedError as e:
+            raise DataError(f"task {self.name!r}: input template needs a field the record lacks: {e}") from None
+
+    def teacher_messages(self, fields: dict[str, Any]) -> list[dict[str, str]]:
+        """System instructions (with the label set or schema), few-shot turns, then the input."""
+        system = self.instructions.strip()
+        if self.output.kind == "label":
+            system += "\nAnswer with exactly one of: " + ", ".join(self.labels) + "."
+        elif self.output.kind == "json":
+            system += "\nAnswer with JSON only, valid against this schema: " + json.dumps(self.output.schema_)
+        messages = [{"role": "system", "content": system.strip()}]
+        for ex in self.examples:
+            out = ex.output if isinstance(ex.output, str) else json.dumps(ex.output)
+            messages += [{"role": "user", "content": self.render(ex.input)}, {"role": "assistant", "content": out}]
+        messages.append({"role": "user", "content": self.render(fields)})
+        return messages
+
+    def student_messages(self, fields: dict[str, Any]) -> list[dict[str, str]]:
+        """The short prompt a fine-tuned student is trained and served with."""
+        return [{"role": "user", "content": self.render(fields)}]
+
+    def parse_output(self, text: str) -> tuple[Any, str | None]:
+        """(value, None) when `text` is a valid answer for this task, else (None, reason)."""
+        text = (text or "").strip()
+        if self.output.kind == "label":
+            label = match_label(text, self.labels)
+            return (label, None) if label else (None, f"not one of the labels {self.labels}: {text[:80]!r}")
+        if self.output.kind == "json":
+            try:
+                value = json.loads(_strip_fences(text))
+            except json.JSONDecodeError as e:
+                return None, f"not valid JSON: {e.msg}"
+            try:
+                jsonschema.validate(value, self.output.schema_ or {})
+            except jsonschema.ValidationError as e:
+                return None, f"JSON does not match the schema: {e.message}"
+            return value, None
+        return (text, None) if text else (None, "empty output")
+
+
+def match_label(text: str, labels: list[str]) -> str | None:
+    """The label a free-text answer names: exact (case-insensitive), else the first label word."""
+    norm = text.strip().strip(".!\"'`*").strip().lower()
+    by_lower = {lab.lower(): lab for lab in labels}
+    if norm in by_lower:
+        return by_lower[norm]
+    words = re.findall(r"[\w-]+", norm)
+    for w in words[:3]:
+        if w in by_lower:
+            return by_lower[w]
+    return None
+
+
+def _strip_fences(text: str) -> str:
+    m = re.match(r"^```(?:json)?\s*(.*?)\s*```$", text, re.S)
+    return m.group(1) if m else text
+
+
+def load_task(path: str | Path) -> Task:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: task file not found")
+    return load_yaml_model(path, Task)

@@ -1,0 +1,9 @@
+"""`protege` commands of the train stage (registered by protege.cli)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this stage's commands to the top-level app (panel: train)."""
