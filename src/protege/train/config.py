@@ -1,0 +1,131 @@
+"""The training config: one typed model read from YAML, overridden by `--set k=v`, or built in Python.
+
+Every field carries its docstring here, so the YAML example, the CLI and the Python API cannot drift
+(the torchtune/litgpt pattern). `TrainConfig.model_json_schema()` lists them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from protege.config import Strict, load_yaml_model
+
+
+class DataConfig(Strict):
+    train: str
+    """Training data: a workspace dataset name (`name` or `name@3`) or a path to a JSONL file of
+    `{"text", "label"}` rows (rendered through the task) or `{"messages": [...]}` rows."""
+    eval: str | None = None
+    """Held-out data in the same forms; evaluated every `eval_every` steps and at the end."""
+    split: str | None = None
+    """Only the training dataset's records with this split (workspace datasets only)."""
+    eval_split: str | None = None
+    """Only the eval dataset's records with this split (workspace datasets only)."""
+    limit: int | None = None
+    """Use at most this many training records (the first ones), e.g. for a quick run."""
+    eval_limit: int | None = None
+    """Evaluate on at most this many records (the first ones)."""
+
+
+class LoraConfig(Strict):
+    r: int = 16
+    """Rank of the low-rank update."""
+    alpha: float = 32
+    """Scaling numerator: the update is multiplied by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the adapter's input."""
+    targets: Literal["all-linear"] | list[str] = "all-linear"
+    """`all-linear` (every linear layer but the output head) or a list of module names (q_proj, ...)."""
+
+
+class KDConfig(Strict):
+    temperature: float = 2.0
+    """Softens both distributions; the KL term is scaled by temperature**2 (Hinton et al.)."""
+    alpha: float = 0.5
+    """Weight of the KL term; (1 - alpha) goes to the usual cross-entropy on the data."""
+
+
+class TrainConfig(Strict):
+    base: str
+    """The model to fine-tune: a registry name (smollm2-135m-instruct, gemma-3-270m), a folder or a hub id."""
+    task: str | None = None
+    """Task YAML (relative to the config file or the current folder). Needed for `{"text","label"}` data;
+    a `label` task also turns on accuracy / macro-F1 by constrained choice over its labels."""
+    data: DataConfig
+    """Where the examples come from."""
+    method: Literal["full", "lora", "qlora", "kd"] = "lora"
+    """full: every weight; lora: a PEFT adapter; qlora: LoRA over a 4-bit base (CUDA + bitsandbytes);
+    kd: LoRA student that also matches `teacher`'s token distribution."""
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    """Adapter shape (lora, qlora and kd)."""
+    teacher: str | None = None
+    """kd only: a local model sharing the student's tokenizer (registry name, folder or adapter)."""
+    kd: KDConfig = Field(default_factory=KDConfig)
+    """kd only: temperature and mixing weight."""
+    epochs: float = 1
+    """Passes over the training data (ignored when max_steps is set)."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps."""
+    batch_size: int = 8
+    """Examples per optimiser step per process (before gradient accumulation)."""
+    grad_accum: int = 1
+    """Micro-batches summed into one optimiser step."""
+    lr: float = 2.0e-4
+    """Peak learning rate."""
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """Decay after warmup."""
+    warmup: float = 0.0
+    """Warmup: a fraction of the total steps (< 1) or a number of steps (>= 1)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_length: int = 512
+    """Tokens per example; longer ones are cut (and counted in the run's `truncated` metric)."""
+    dtype: str = "auto"
+    """auto (bf16 where the CPU/GPU supports it), float32, bfloat16 or float16."""
+    seed: int = 0
+    """Seeds the shuffle, the adapter init and dropout."""
+    eval_every: int | None = None
+    """Evaluate every N optimiser steps (and always at the end when `data.eval` is set)."""
+    early_stopping: int | None = None
+    """Patience: stop when the eval metric has not improved for this many evaluations."""
+    save_every: int | None = None
+    """Checkpoint every N steps (a checkpoint is always written at the end and on Ctrl-C)."""
+    output: str = "runs/train"
+    """Output folder; relative paths land inside the workspace."""
+    name: str | None = None
+    """Run name in the workspace (default: the output folder's name)."""
+    packing: bool = True
+    """Concatenate each batch into one row with per-example positions (no padding; examples do not see
+    each other). false: pad each length-sorted batch instead."""
+    merge: bool = False
+    """Also write merged full weights to `output/merged` (LoRA methods)."""
+    threads: int | None = None
+    """CPU threads for torch (default: the cores this process may use)."""
+    compile: bool = False
+    """torch.compile the model (measure first: it rarely pays for short CPU runs)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.method == "kd" and not self.teacher:
+            raise ValueError("method kd needs a `teacher` model")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("batch_size and grad_accum must be >= 1")
+        return self
+
+    @property
+    def run_name(self) -> str:
+        return self.name or Path(self.output).name
+
+
+def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a train.yaml (errors name file:line: field); relative task paths are tried against the
+    config's folder first, so an example config works from any current folder."""
+    cfg = load_yaml_model(path, TrainConfig, overrides)
+    if cfg.task and not Path(cfg.task).exists():
+        beside = Path(path).parent / cfg.task
+        if beside.exists():
+            cfg.task = str(beside)
+    return cfg
