@@ -165,3 +165,10 @@ def test_embedding_model_pulls_and_embeds():
     a, b, c = model.encode(["a cat sits on the mat", "a kitten rests on a rug", "quarterly tax filing deadline"])
     cos = lambda x, y: float(x @ y / ((x @ x) ** 0.5 * (y @ y) ** 0.5))  # noqa: E731
     assert a.shape == (384,) and cos(a, b) > cos(a, c)
+
+
+def test_unreachable_hub_id_is_one_clear_line():
+    proc = run_cli("models", "info", "some-org/some-model", env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2
+    assert "some-org/some-model" in proc.stderr and "Hugging Face hub" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2

@@ -141,7 +141,10 @@ def _register_stages() -> None:
         stage.register(app)
 
 
-_register_stages()
+# Run as `python -m protege.cli`, this file is `__main__`; the stages' `from protege.cli import ...`
+# then loads a second copy, `protege.cli`, which registers them; `__main__` delegates to it below.
+if __name__ != "__main__":
+    _register_stages()
 
 
 def main() -> None:
@@ -163,10 +166,18 @@ def main() -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(2)
+    except typer.TyperException as e:  # typer >= 0.29 vendors click: its usage errors are not click's
+        if hasattr(e, "show"):
+            e.show()
+        else:
+            console.print(f"[red]error:[/] {e}", highlight=False)
+        sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
 
 
 if __name__ == "__main__":
-    main()
+    from protege.cli import main as _main
+
+    _main()

@@ -7,6 +7,7 @@ rendered input, so at serve time it needs no long prompt (that is where its spee
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -59,7 +60,7 @@ class Task(Strict):
 
     def render(self, fields: dict[str, Any]) -> str:
         try:
-            return _JINJA.from_string(self.input).render(**fields).strip()
+            return _template(self.input).render(**fields).strip()
         except jinja2.UndefinedError as e:
             raise DataError(f"task {self.name!r}: input template needs a field the record lacks: {e}") from None
 
@@ -98,6 +99,12 @@ class Task(Strict):
                 return None, f"JSON does not match the schema: {e.message}"
             return value, None
         return (text, None) if text else (None, "empty output")
+
+
+@functools.lru_cache(maxsize=256)
+def _template(source: str) -> jinja2.Template:
+    """Compiling a template costs ~3 ms, rendering ~30 us: compile each one once (imports render thousands)."""
+    return _JINJA.from_string(source)
 
 
 def match_label(text: str, labels: list[str]) -> str | None:

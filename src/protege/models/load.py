@@ -84,7 +84,10 @@ def _resolve_hub(repo_id: str) -> ResolvedModel:
 
         folder = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
     except Exception as e:  # any hub failure is the same thing to the user: not reachable / not there
-        raise UserError(f"{repo_id}: could not fetch from the Hugging Face hub ({type(e).__name__})") from None
+        raise UserError(
+            f"{repo_id}: not reachable on the Hugging Face hub from here ({type(e).__name__}); "
+            "use a bundled model, a local folder or a .gguf file"
+        ) from None
     return ResolvedModel(repo_id, Path(folder))
 
 
