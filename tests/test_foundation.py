@@ -6,8 +6,8 @@ import json
 import sqlite3
 
 import pytest
-from conftest import SMOLLM, run_cli
 
+from conftest import SMOLLM, run_cli
 from protege.config import WorkspaceConfig, load_yaml_model
 from protege.errors import UserError
 from protege.store import MIGRATIONS, SCHEMA_VERSION, Store
@@ -34,9 +34,7 @@ def test_migration_from_older_schema_keeps_data(tmp_path):
     path = tmp_path / "old.db"
     old = Store(path)
     old.migrate(target=1)  # a database as protege's first schema left it
-    old.execute(
-        "INSERT INTO datasets (name, version, hash, n_records, created_at) VALUES ('d', 1, 'h', 1, 0)"
-    )
+    old.execute("INSERT INTO datasets (name, version, hash, n_records, created_at) VALUES ('d', 1, 'h', 1, 0)")
     old.execute("INSERT INTO records (dataset_id, idx, messages) VALUES (1, 0, '[]')")
     old.close()
 

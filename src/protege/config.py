@@ -46,6 +46,8 @@ class TeacherConfig(Strict):
     max_tokens: int = 256
     timeout_s: float = 60.0
     max_retries: int = 5
+    invalid_retries: int = 2
+    """How many more times an answer that fails the task's check is asked (new seed, warmer)."""
     constrained_choices: bool = False
     """For label tasks, send the label set as `extra_body={"choices": [...]}` (protege serve
     answers with the most likely label). Leave off for endpoints that reject unknown fields."""
