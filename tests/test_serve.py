@@ -1,0 +1,323 @@
+"""`protege serve` end to end: real servers on 127.0.0.1, the official openai client, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from protege.serve.launch import ServerProcess
+
+KEY = "test-key-123"
+HELLO = [{"role": "user", "content": "Say something."}]
+
+
+def make_adapter(base: Path, dest: Path, seed: int) -> Path:
+    """A LoRA adapter with random (nonzero) A and B, so its outputs differ from the base's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    config = LoraConfig(r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(str(dest))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {"a": make_adapter(tiny_model, root / "lora-a", 1), "b": make_adapter(tiny_model, root / "lora-b", 2)}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, adapters):
+    with ServerProcess(tiny_model, adapters={"lora-a": adapters["a"]}, api_key=KEY, extra_args=["--threads", "1"]) as s:
+        yield s
+
+
+@pytest.fixture
+def client(server) -> OpenAI:
+    return OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=120)
+
+
+def greedy(client: OpenAI, content: str, model: str, max_tokens: int = 12) -> str:
+    resp = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": content}], max_tokens=max_tokens, temperature=0
+    )
+    return resp.choices[0].message.content
+
+
+def test_health_and_models(server, client, tiny_model):
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+    ids = {m.id for m in client.models.list().data}
+    assert {str(tiny_model), "lora-a"} <= ids
+
+
+def test_chat_greedy_is_repeatable_and_counts_usage(client, tiny_model):
+    resp = client.chat.completions.create(model=str(tiny_model), messages=HELLO, max_tokens=7, temperature=0)
+    again = client.chat.completions.create(model=str(tiny_model), messages=HELLO, max_tokens=7, temperature=0)
+    assert resp.choices[0].message.content == again.choices[0].message.content
+    assert resp.choices[0].finish_reason == "length"
+    assert resp.usage.completion_tokens == 7 and resp.usage.prompt_tokens > 5
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + 7
+
+
+def test_sampling_seed_n_and_stop(client, tiny_model):
+    kwargs = dict(model=str(tiny_model), messages=HELLO, max_tokens=8, temperature=1.0, seed=7, n=3)
+    first, second = client.chat.completions.create(**kwargs), client.chat.completions.create(**kwargs)
+    texts = [c.message.content for c in first.choices]
+    assert texts == [c.message.content for c in second.choices]
+    assert len(set(texts)) > 1, "n choices with one seed must still differ from each other"
+    full = greedy(client, "stop test", str(tiny_model), max_tokens=12)
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    cut = client.chat.completions.create(
+        model=str(tiny_model),
+        messages=[{"role": "user", "content": "stop test"}],
+        max_tokens=12,
+        temperature=0,
+        stop=stop,
+    )
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == full[: full.index(stop)]
+
+
+def test_completion_endpoint(client, tiny_model):
+    resp = client.completions.create(
+        model=str(tiny_model), prompt="Once upon a time", max_tokens=5, temperature=0, logprobs=2
+    )
+    choice = resp.choices[0]
+    assert choice.text and resp.usage.completion_tokens == 5
+    assert len(choice.logprobs.tokens) == 5 and all(len(t) == 2 for t in choice.logprobs.top_logprobs)
+    assert "".join(choice.logprobs.tokens) == choice.text
+
+
+def test_streaming_matches_non_streaming(server, client, tiny_model):
+    expected = greedy(client, "stream me", str(tiny_model), max_tokens=10)
+    stream = client.chat.completions.create(
+        model=str(tiny_model),
+        messages=[{"role": "user", "content": "stream me"}],
+        max_tokens=10,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 10
+    body = {"model": str(tiny_model), "messages": HELLO, "max_tokens": 3, "stream": True}
+    raw = httpx.post(f"{server.base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    events = [line for line in raw.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]" and raw.headers["content-type"].startswith("text/event-stream")
+
+
+def test_logprobs(client, tiny_model):
+    resp = client.chat.completions.create(
+        model=str(tiny_model), messages=HELLO, max_tokens=4, temperature=0, logprobs=True, top_logprobs=3
+    )
+    content = resp.choices[0].logprobs.content
+    assert len(content) == 4
+    for entry in content:
+        assert len(entry.top_logprobs) == 3
+        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob)  # greedy picks the most likely
+        assert entry.logprob < 0
+
+
+def test_constrained_choice_matches_an_independent_computation(client, tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    choices = ["positive", "negative", "not sure"]
+    messages = [{"role": "user", "content": "Is this good?"}]
+    resp = client.chat.completions.create(model=str(tiny_model), messages=messages, extra_body={"choices": choices})
+    scores = resp.model_extra["choice_scores"]
+    assert set(scores) == set(choices)
+    assert resp.choices[0].message.content == max(scores, key=scores.get)
+    assert resp.usage.prompt_tokens > 0 and resp.usage.completion_tokens > 0
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
+    prompt = tok(
+        tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), add_special_tokens=False
+    )
+    for choice in choices:
+        target = tok(choice, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = torch.tensor([prompt["input_ids"] + target])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(ids).logits[0].float(), -1)
+        start = len(prompt["input_ids"]) - 1
+        expected = sum(logprobs[start + i, t].item() for i, t in enumerate(target))
+        assert scores[choice] == pytest.approx(expected, abs=1e-3)
+
+
+def test_json_mode(client, tiny_model):
+    resp = client.chat.completions.create(
+        model=str(tiny_model), messages=HELLO, max_tokens=20, temperature=0, response_format={"type": "json_object"}
+    )
+    text = resp.choices[0].message.content
+    assert text.lstrip().startswith("{")
+    if resp.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(text), dict)
+
+
+@pytest.mark.parametrize(
+    ("text", "ok", "done"),
+    [
+        ('{"a": [1, -2.5e3, true, null], "b": {"c": "x\\"y\\u00e9"}}', True, True),
+        (' {"a": 1', True, False),
+        ("[1]", False, False),
+        ('{"a" 1}', False, False),
+        ('{"a": 01}', False, False),
+        ('{"a": tru}', False, False),
+        ('{"a": 1}}', False, True),
+    ],
+)
+def test_json_prefix_automaton(text, ok, done):
+    from protege.serve.jsonmode import JsonPrefix
+
+    state = JsonPrefix()
+    assert state.feed_text(text) is ok
+    if ok:
+        assert state.done is done
+        if done:
+            json.loads(text)
+
+
+def test_adapters_route_load_and_unload(server, client, tiny_model, adapters):
+    base = greedy(client, "adapter check", str(tiny_model))
+    lora_a = greedy(client, "adapter check", "lora-a")
+    assert lora_a != base
+    headers = {"Authorization": f"Bearer {KEY}"}
+    loaded = httpx.post(
+        f"{server.base_url}/adapters", json={"name": "lora-b", "path": str(adapters["b"])}, headers=headers
+    )
+    assert loaded.status_code == 200, loaded.text
+    assert "lora-b" in {m.id for m in client.models.list().data}
+    lora_b = greedy(client, "adapter check", "lora-b")
+    assert lora_b not in (base, lora_a)
+    assert greedy(client, "adapter check", "lora-a") == lora_a  # loading b changed nothing else
+    assert greedy(client, "adapter check", str(tiny_model)) == base
+    same = httpx.post(
+        f"{server.base_url}/adapters", json={"name": "lora-b", "path": str(adapters["b"])}, headers=headers
+    )
+    assert same.status_code == 400
+    assert httpx.delete(f"{server.base_url}/adapters/lora-b", headers=headers).status_code == 200
+    with pytest.raises(openai.NotFoundError):
+        greedy(client, "adapter check", "lora-b")
+    assert httpx.delete(f"{server.base_url}/adapters/lora-b", headers=headers).status_code == 404
+    assert greedy(client, "adapter check", "lora-a") == lora_a
+    assert greedy(client, "adapter check", str(tiny_model)) == base
+
+
+def _error(resp: httpx.Response) -> dict:
+    body = resp.json()
+    assert set(body["error"]) >= {"message", "type", "param", "code"}
+    return body["error"]
+
+
+def test_errors_are_openai_shaped_and_harmless(server, client, tiny_model):
+    url, headers = f"{server.base_url}/chat/completions", {"Authorization": f"Bearer {KEY}"}
+    bad_json = httpx.post(url, content=b"{not json", headers={**headers, "Content-Type": "application/json"})
+    assert bad_json.status_code == 400 and _error(bad_json)["type"] == "invalid_request_error"
+    role = httpx.post(
+        url, json={"model": str(tiny_model), "messages": [{"role": "wizard", "content": "x"}]}, headers=headers
+    )
+    assert role.status_code == 400 and _error(role)["param"].startswith("messages.0.role")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=str(tiny_model), messages=HELLO, max_tokens=0)
+    assert e.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=str(tiny_model), messages=[{"role": "user", "content": "word " * 1500}])
+    assert e.value.body["param"] == "messages" and e.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="no-such-model", messages=HELLO)
+    assert e.value.body["param"] == "model"
+    with pytest.raises(openai.AuthenticationError):
+        OpenAI(base_url=server.base_url, api_key="wrong", max_retries=0).models.list()
+    assert httpx.get(f"{server.base_url}/models").status_code == 401
+    assert greedy(client, "still alive?", str(tiny_model))  # the server survived all of it
+
+
+def test_32_concurrent_clients_get_their_solo_answers(server, client, tiny_model):
+    prompts = [f"Client {i} asks about topic {i * 7} " + "padding " * (i % 9) for i in range(32)]
+    solo = [greedy(client, p, str(tiny_model), max_tokens=10) for p in prompts]
+    with ThreadPoolExecutor(32) as pool:
+        together = list(pool.map(lambda p: greedy(client, p, str(tiny_model), max_tokens=10), prompts))
+    assert together == solo
+    metrics = httpx.get(f"{server.url}/metrics").text
+    batches = [line for line in metrics.splitlines() if line.startswith('protege_batch_size_bucket{le="1.0"}')]
+    total = [line for line in metrics.splitlines() if line.startswith("protege_batch_size_count")]
+    assert float(batches[0].split()[-1]) < float(total[0].split()[-1]), "some batch must hold more than one row"
+
+
+def _active(server) -> float:
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith("protege_requests_active "):
+            return float(line.split()[-1])
+    raise AssertionError("protege_requests_active missing from /metrics")
+
+
+def test_queue_full_and_disconnect_frees_the_slot(tiny_model):
+    with ServerProcess(tiny_model, extra_args=["--max-queue", "1", "--threads", "1"]) as srv:
+        client = OpenAI(base_url=srv.base_url, api_key="none", max_retries=0, timeout=60)
+        stream = client.chat.completions.create(
+            model=str(tiny_model), messages=HELLO, max_tokens=900, temperature=0, stream=True
+        )
+        next(iter(stream))
+        with pytest.raises(openai.InternalServerError) as e:
+            client.chat.completions.create(model=str(tiny_model), messages=HELLO, max_tokens=2)
+        assert e.value.status_code == 503
+        stream.close()  # the client goes away mid-stream
+        deadline = time.monotonic() + 60
+        while _active(srv) > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _active(srv) == 0
+        assert client.chat.completions.create(model=str(tiny_model), messages=HELLO, max_tokens=2).choices
+
+
+def test_adapter_folder_and_run_name_as_model(ws, tiny_model, adapters, tmp_path):
+    from protege.serve.app import build_engine
+
+    engine = build_engine(str(adapters["a"]), threads=1)
+    try:
+        assert engine.route(str(adapters["a"])) == str(adapters["a"])  # the adapter answers under MODEL
+        assert engine.route(None) == str(adapters["a"])  # and is the default
+        assert engine.route(str(tiny_model)) is None  # the base answers to its own name
+    finally:
+        engine.close()
+    run_dir = tmp_path / "ws" / "runs" / "my-run"
+    shutil.copytree(adapters["a"], run_dir)
+    ws.store.start_run("my-run", "train", {}, str(run_dir))
+    engine = build_engine("my-run", threads=1)
+    try:
+        assert engine.route("my-run") == "my-run" and engine.adapters["my-run"] == str(run_dir)
+    finally:
+        engine.close()
+
+
+@pytest.mark.slow
+def test_real_model_answers_and_batches_exactly(smollm_path):
+    questions = ["What is the capital of France?", "Name three colours.", "What is 2 + 2?", "Who wrote Hamlet?"]
+    with ServerProcess("smollm2-135m-instruct") as srv:
+        client = OpenAI(base_url=srv.base_url, api_key="none", max_retries=0, timeout=300)
+        answer = greedy(client, questions[0], "smollm2-135m-instruct", max_tokens=20)
+        assert "Paris" in answer
+        solo = [greedy(client, q, "smollm2-135m-instruct", max_tokens=20) for q in questions]
+        with ThreadPoolExecutor(len(questions)) as pool:
+            together = list(pool.map(lambda q: greedy(client, q, "smollm2-135m-instruct", max_tokens=20), questions))
+        assert together == solo
+        resp = client.chat.completions.create(
+            model="smollm2-135m-instruct",
+            messages=[{"role": "user", "content": "Is the sky blue? Answer yes or no."}],
+            extra_body={"choices": ["yes", "no"]},
+        )
+        assert resp.choices[0].message.content == "yes"
