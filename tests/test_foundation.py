@@ -170,3 +170,9 @@ def test_unreachable_hub_id_is_one_clear_line():
     assert proc.returncode == 2
     assert "some-org/some-model" in proc.stderr and "Hugging Face hub" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2
+
+
+def test_pulled_model_is_a_plain_float_checkpoint(smollm_path):
+    config = json.loads((smollm_path / "config.json").read_text())
+    assert "quantization_config" not in config  # dequantised once; nothing GGUF-specific is left
+    assert (smollm_path / "model.safetensors").exists() and (smollm_path / "tokenizer.json").exists()

@@ -33,6 +33,7 @@ def pull(name: str, force: bool = False) -> Path:
         raise UserError(f"unknown bundled model {name!r}; bundled: {', '.join(BUNDLED)}")
     dest = models_dir() / name
     if (dest / MANIFEST).exists() and not force:
+        _drop_quantization_config(dest)
         return dest
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -164,12 +165,24 @@ def convert_gguf(gguf: Path, dest: Path, completion_only: bool = False) -> int:
             raise UserError(f"{gguf.name}: weights do not fit the model's config ({missing[:3]}, {unexpected[:3]})")
         fresh.tie_weights()
         fresh.save_pretrained(dest, safe_serialization=True)
+        _drop_quantization_config(dest)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         tok.save_pretrained(dest)
     params = sum(p.numel() for p in fresh.parameters())
     console.print(f"[green]converted[/] {gguf.name}: {params / 1e6:.1f}M parameters")
     return params
+
+
+def _drop_quantization_config(folder: Path) -> None:
+    """The saved weights are plain floats; a leftover `quantization_config: gguf` would make
+    transformers treat the folder as a quantised checkpoint (and PEFT as a quantised base)."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text()) if path.exists() else {}
+    if config.pop("quantization_config", None) is not None:
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
+        tmp.replace(path)
 
 
 def _write_manifest(folder: Path, **info: Any) -> None:
