@@ -1,0 +1,159 @@
+"""Distillation on real data: TweetEval emotion (../shared/data/tweeteval-emotion).
+
+Teacher: the bundled SmolLM2-135M-Instruct with instructions and 8 few-shot examples, served by
+`protege serve` and called over HTTP with constrained choice. Students: LoRA adapters on the same
+base, trained with the bare tweet as the prompt, one on the teacher's labels for a train subset
+and one on the gold labels of the same subset. Everything (teacher, both students, the untuned
+base) is scored by `protege eval` on the same subset of the test split.
+
+Sizes (CPU, 2 cores): TRAIN_N train rows (the first ones after the few-shot examples), TEST_N test
+rows (the first ones). Ratios are against the teacher measured in the same run.
+
+    .venv/bin/python bench/distill_tweeteval.py [--train-n 800] [--test-n 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from protege.config import TeacherConfig
+from protege.data.records import Record, load_records, save_dataset
+from protege.evaluate.runner import run_eval
+from protege.paths import shared_data_dir
+from protege.serve.launch import ServerProcess
+from protege.tasks import Task
+from protege.teachers.distill import distill
+from protege.train.config import DataConfig, TrainConfig
+from protege.train.run import train
+from protege.workspace import init_workspace
+
+BASE = "smollm2-135m-instruct"
+LABELS = ["anger", "joy", "optimism", "sadness"]
+OUT = Path(__file__).parent / "results" / "distill_tweeteval.json"
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def make_task(shots: list[dict]) -> Task:
+    return Task(
+        name="emotion",
+        instructions="Classify the emotion expressed in the tweet: anger, joy, optimism or sadness.",
+        input="Tweet: {{ text }}",
+        output={"kind": "label", "labels": LABELS},
+        examples=[{"input": {"text": r["text"]}, "output": r["label"]} for r in shots],
+    )
+
+
+def records(task: Task, rows: list[dict], split: str) -> list[Record]:
+    return [
+        Record(messages=task.student_messages({"text": r["text"]}) + [{"role": "assistant", "content": r["label"]}],
+               label=r["label"], metadata={"input": {"text": r["text"]}}, review="accepted", split=split)
+        for r in rows
+    ]  # fmt: skip
+
+
+def pick_shots(rows: list[dict], per_label: int = 2) -> list[dict]:
+    shots = []
+    for label in LABELS:
+        shots += [r for r in rows if r["label"] == label][:per_label]
+    return shots
+
+
+def student(ws, task_file: Path, data: str, name: str, epochs: float) -> dict:
+    cfg = TrainConfig(base=BASE, task=str(task_file), data=DataConfig(train=data), method="lora", epochs=epochs,
+                      batch_size=8, lr=2e-4, max_length=128, output=f"runs/{name}", name=name)  # fmt: skip
+    return train(cfg, workspace=ws)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--train-n", type=int, default=800)
+    ap.add_argument("--test-n", type=int, default=300)
+    ap.add_argument("--epochs", type=float, default=1)
+    args = ap.parse_args()
+    shared = shared_data_dir()
+    if shared is None or not (shared / "tweeteval-emotion").exists():
+        print("skipped: ../shared/data/tweeteval-emotion is absent")
+        return 0
+    train_rows = read(shared / "tweeteval-emotion" / "train.jsonl")
+    test_rows = read(shared / "tweeteval-emotion" / "test.jsonl")[: args.test_n]
+    shots = pick_shots(train_rows)
+    pool = [r for r in train_rows if r not in shots][: args.train_n]
+    task = make_task(shots)
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="protege-bench-") as tmp:
+        ws = init_workspace(Path(tmp) / "ws")
+        task_file = Path(tmp) / "emotion.yaml"
+        task_file.write_text(json.dumps(task.model_dump(by_alias=True)))  # JSON is YAML
+        save_dataset(ws.store, "emotion-gold", records(task, pool, "train"))
+        save_dataset(ws.store, "emotion-test", records(task, test_rows, "test"))
+        inputs = Path(tmp) / "inputs.jsonl"
+        inputs.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in pool))
+        with ServerProcess(BASE, workspace=ws.root) as srv:
+            ws.config.teachers["fewshot"] = TeacherConfig(base_url=srv.base_url, model=BASE, max_tokens=8,
+                                                          constrained_choices=True)  # fmt: skip
+            t0 = time.perf_counter()
+            distilled = distill(ws, task, inputs, "fewshot", concurrency=4, name="emotion-distilled")
+            timings["distill_s"] = time.perf_counter() - t0
+            teacher_labels = [r.label for r in load_records(ws.store, "emotion-distilled")]
+            agreement = sum(t == g["label"] for t, g in zip(teacher_labels, pool, strict=True)) / len(pool)
+            t0 = time.perf_counter()
+            m_distilled = student(ws, task_file, "emotion-distilled", "student-distilled", args.epochs)
+            timings["train_distilled_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            m_gold = student(ws, task_file, "emotion-gold", "student-gold", args.epochs)
+            timings["train_gold_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            models = {"teacher": "fewshot", "student_teacher_labels": "student-distilled",
+                      "student_gold_labels": "student-gold", "base_zero_shot": BASE}  # fmt: skip
+            summary = run_eval(ws, task, "emotion-test", models, name="bench-eval", use_cache=False)
+            timings["eval_s"] = time.perf_counter() - t0
+    table = {
+        label: {
+            k: m.get(k)
+            for k in (
+                "score",
+                "score_ci",
+                "macro_f1",
+                "latency_p50_ms",
+                "latency_p95_ms",
+                "prompt_tokens_mean",
+                "cost_per_1k",
+                "score_vs_reference",
+                "speedup_vs_reference",
+            )
+        }  # fmt: skip
+        for label, m in summary["models"].items()
+    }
+    result = {
+        "data": "tweeteval-emotion",
+        "train_subset": f"first {len(pool)} train rows (after the {len(shots)} few-shot examples)",
+        "test_subset": f"first {len(test_rows)} rows of the test split",
+        "teacher": f"{BASE}, instructions + {len(shots)}-shot, constrained choice over HTTP",
+        "students": f"LoRA r=16 on {BASE}, {args.epochs} epoch(s), batch 8, lr 2e-4, bare-tweet prompt",
+        "metric": "accuracy (95% bootstrap CI); ratios against the teacher in this run",
+        "teacher_agreement_with_gold_on_train_subset": agreement,
+        "distill": distilled.summary(),
+        "train": {"student_teacher_labels": {k: m_distilled.get(k) for k in ("seconds", "final_loss", "tokens_per_s")},
+                  "student_gold_labels": {k: m_gold.get(k) for k in ("seconds", "final_loss", "tokens_per_s")}},
+        "models": table,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+    }  # fmt: skip
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    for label, m in table.items():
+        print(f"{label:>24}: accuracy {m['score']:.3f} [{m['score_ci'][0]:.3f}, {m['score_ci'][1]:.3f}]  "
+              f"p50 {m['latency_p50_ms']:.0f} ms  x{m['speedup_vs_reference']:.2f} speed vs teacher")  # fmt: skip
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""`protege report RUN`: one self-contained HTML file and a Markdown summary of an eval (or train) run.
+
+Plots are matplotlib PNGs embedded as base64 data URIs, so the file can be mailed or attached to a
+ticket and opens anywhere without the workspace or a network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from protege.errors import UserError
+from protege.workspace import Workspace
+
+
+# ---- data -------------------------------------------------------------------------------------------
+def loss_history(folder: str | Path | None) -> list[tuple[float, float]]:
+    """(step, loss) pairs from a training output folder: metrics.json or trainer_state.json log history."""
+    if not folder or not Path(folder).is_dir():
+        return []
+    folder = Path(folder)
+    candidates = [folder / "metrics.json", folder / "trainer_state.json"]
+    candidates += sorted(folder.glob("checkpoint-*/trainer_state.json"), reverse=True)
+    for path in candidates:
+        if path.exists():
+            points = _points(json.loads(path.read_text()))
+            if points:
+                return points
+    return []
+
+
+def _points(data: Any) -> list[tuple[float, float]]:
+    if isinstance(data, dict):
+        for key in ("log_history", "loss_history", "losses", "loss_curve", "train_loss_history", "history"):
+            if key in data:
+                pts = _points(data[key])
+                if pts:
+                    return pts
+        return []
+    if not isinstance(data, list):
+        return []
+    out = []
+    for i, item in enumerate(data):
+        if isinstance(item, dict) and isinstance(item.get("loss"), int | float):
+            out.append((float(item.get("step", item.get("epoch", i))), float(item["loss"])))
+        elif isinstance(item, list | tuple) and len(item) == 2:
+            out.append((float(item[0]), float(item[1])))
+        elif isinstance(item, int | float):
+            out.append((float(i + 1), float(item)))
+    return out
+
+
+def training_folders(ws: Workspace, run: dict[str, Any]) -> dict[str, str]:
+    """label -> training output folder, for the evaluated models that came from a training run."""
+    if run["kind"] == "train":
+        return {run["name"]: str(ws.resolve(run["output_dir"]))} if run.get("output_dir") else {}
+    out = {}
+    for label, src in ((run.get("config") or {}).get("models") or {}).items():
+        train = ws.store.get_run(src)
+        if train and train["kind"] == "train" and train.get("output_dir"):
+            out[label] = str(ws.resolve(train["output_dir"]))
+        elif Path(src).is_dir() and (Path(src) / "adapter_config.json").exists():
+            out[label] = src
+    return out
+
+
+# ---- plots ------------------------------------------------------------------------------------------
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_scores(models: dict[str, dict[str, Any]]) -> str:
+    plt = _plt()
+    labels = list(models)
+    scores = [models[m]["score"] for m in labels]
+    lo = [s - models[m]["score_ci"][0] for s, m in zip(scores, labels, strict=True)]
+    hi = [models[m]["score_ci"][1] - s for s, m in zip(scores, labels, strict=True)]
+    fig, ax = plt.subplots(figsize=(1.4 * len(labels) + 2, 3.2))
+    ax.bar(labels, scores, yerr=[lo, hi], capsize=6, color="#4C78A8")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(models[labels[0]].get("score_name", "score"))
+    ax.set_title("score (95% bootstrap interval)")
+    return _png(fig)
+
+
+def plot_latency(models: dict[str, dict[str, Any]]) -> str:
+    plt = _plt()
+    import numpy as np
+
+    labels = list(models)
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(1.4 * len(labels) + 2, 3.2))
+    ax.bar(x - 0.2, [models[m]["latency_p50_ms"] for m in labels], 0.4, label="p50", color="#59A14F")
+    ax.bar(x + 0.2, [models[m]["latency_p95_ms"] for m in labels], 0.4, label="p95", color="#F28E2B")
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("ms per request")
+    ax.set_title("latency")
+    ax.legend()
+    return _png(fig)
+
+
+def plot_cost(models: dict[str, dict[str, Any]]) -> str:
+    plt = _plt()
+    labels = list(models)
+    fig, ax = plt.subplots(figsize=(1.4 * len(labels) + 2, 3.2))
+    ax.bar(labels, [models[m]["cost_per_1k"] for m in labels], color="#B07AA1")
+    ax.set_ylabel("$ per 1,000 requests")
+    ax.set_title("cost")
+    return _png(fig)
+
+
+def plot_confusion(label: str, confusion: dict[str, Any]) -> str:
+    plt = _plt()
+    matrix = confusion["matrix"]
+    fig, ax = plt.subplots(figsize=(0.8 * len(confusion["cols"]) + 2, 0.7 * len(confusion["rows"]) + 1.5))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(confusion["cols"])), confusion["cols"], rotation=45, ha="right")
+    ax.set_yticks(range(len(confusion["rows"])), confusion["rows"])
+    peak = max((max(r) for r in matrix), default=0)
+    for i, row in enumerate(matrix):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > peak / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    ax.set_title(label)
+    return _png(fig)
+
+
+def plot_loss(curves: dict[str, list[tuple[float, float]]]) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for label, pts in curves.items():
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("training loss")
+    ax.legend()
+    return _png(fig)
+
+
+# ---- tables -----------------------------------------------------------------------------------------
+def comparison_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per model: what the CLI table, the Markdown and the HTML all show."""
+    rows = []
+    for label, m in summary.get("models", {}).items():
+        rows.append(
+            {
+                "model": label,
+                "source": m.get("source"),
+                m.get("score_name", "score"): m["score"],
+                "ci95": f"{m['score_ci'][0]:.3f}-{m['score_ci'][1]:.3f}",
+                **({"macro_f1": m["macro_f1"]} if "macro_f1" in m else {}),
+                **({"exact_match": m["exact_match"]} if "exact_match" in m else {}),
+                **({"win_rate": m["judge"]["win_rate"]} if "judge" in m else {}),
+                "vs_ref": m.get("score_vs_reference"),
+                "p50_ms": m["latency_p50_ms"],
+                "p95_ms": m["latency_p95_ms"],
+                "speedup": m.get("speedup_vs_reference"),
+                "prompt_tok": m["prompt_tokens_mean"],
+                "cost_per_1k": m["cost_per_1k"],
+            }
+        )
+    return rows
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1 else f"{value:.1f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def markdown(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    summary = run.get("metrics") or {}
+    lines = [f"# {run['name']} ({run['kind']})", ""]
+    if run["kind"] == "eval":
+        lines += [
+            f"Task `{summary.get('task')}` ({summary.get('kind')}), dataset `{summary.get('data')}`, "
+            f"{summary.get('n')} records; reference model: `{summary.get('reference')}`.",
+            "",
+        ]
+    if rows:
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    elif run.get("metrics"):
+        lines += ["```json", json.dumps(run["metrics"], indent=2, default=str)[:4000], "```"]
+    lines += [
+        "",
+        "Cost basis: " + "; ".join(f"{k}: {m.get('cost_basis')}" for k, m in summary.get("models", {}).items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(title: str, png: str) -> str:
+    alt = html.escape(title)
+    return f'<figure><img alt="{alt}" src="data:image/png;base64,{png}"><figcaption>{alt}</figcaption></figure>'
+
+
+CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+    "th{background:#f3f3f3}figure{display:inline-block;margin:0.5em}img{max-width:100%}"
+)
+
+
+def render_html(run: dict[str, Any], rows: list[dict[str, Any]], figures: list[tuple[str, str]]) -> str:
+    summary = run.get("metrics") or {}
+    intro = html.escape(markdown(run, []).splitlines()[2].replace("`", "")) if run["kind"] == "eval" else ""
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>protege report: {html.escape(run['name'])}</title>",
+        f"<style>{CSS}</style></head><body><h1>{html.escape(run['name'])}</h1><p>{intro}</p>",
+        _html_table(rows),
+        "".join(_img(t, p) for t, p in figures),
+    ]
+    if summary and not rows:
+        parts.append(f"<pre>{html.escape(json.dumps(summary, indent=2, default=str)[:20000])}</pre>")
+    return "".join(parts) + "</body></html>"
+
+
+# ---- the command -----------------------------------------------------------------------------------
+def figures_for(ws: Workspace, run: dict[str, Any]) -> list[tuple[str, str]]:
+    models = (run.get("metrics") or {}).get("models") or {}
+    figs: list[tuple[str, str]] = []
+    if models:
+        figs += [("score", plot_scores(models)), ("latency", plot_latency(models)), ("cost", plot_cost(models))]
+        figs += [(f"confusion: {k}", plot_confusion(k, m["confusion"])) for k, m in models.items() if "confusion" in m]
+    curves = {k: pts for k, folder in training_folders(ws, run).items() if (pts := loss_history(folder))}
+    if curves:
+        figs.append(("training loss", plot_loss(curves)))
+    return figs
+
+
+def write_report(ws: Workspace, run_name: str, out: str | Path | None = None) -> dict[str, str]:
+    """Writes RUN's HTML report (default: the run's folder / report.html) and report.md beside it."""
+    run = ws.store.get_run(run_name)
+    if run is None:
+        known = [r["name"] for r in ws.store.query("SELECT name FROM runs ORDER BY id DESC LIMIT 10")]
+        raise UserError(f"unknown run {run_name!r}; recent: {', '.join(known) or 'none'}")
+    rows = comparison_rows(run.get("metrics") or {}) if run["kind"] == "eval" else []
+    default_dir = Path(run["output_dir"]) if run.get("output_dir") else ws.artifacts / "reports"
+    out_path = Path(out) if out else ws.resolve(default_dir) / "report.html"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(render_html(run, rows, figures_for(ws, run)))
+    md_path = out_path.with_suffix(".md")
+    md_path.write_text(markdown(run, rows))
+    return {"html": str(out_path), "markdown": str(md_path)}

@@ -1,0 +1,99 @@
+"""The HTML report: self-contained, and its plots really render in a browser (headless Chromium)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from protege.evaluate.report import loss_history, write_report
+from protege.evaluate.runner import ModelSpec, score, speed_and_cost
+from protege.tasks import Task
+
+LABELS = ["billing", "delivery", "account"]
+
+
+def _task() -> Task:
+    return Task(name="route", input="{{ message }}", output={"kind": "label", "labels": LABELS})
+
+
+def _fake_eval(ws, tmp_path: Path) -> str:
+    """An eval run built by the real scoring code from fixed answers, plus the training run it points at."""
+    task = _task()
+    gold = ["billing", "delivery", "account", "billing", "account", "delivery"]
+    answers = {
+        "teacher": ["billing", "delivery", "billing", "billing", "account", "delivery"],
+        "student": ["billing", "delivery", "account", "billing", "account", "account"],
+    }
+    out = tmp_path / "train-out"
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps({"history": [{"step": i, "loss": 2.0 / i} for i in range(1, 9)]}))
+    ws.store.start_run("student-run", "train", {}, str(out))
+    ws.store.finish_run("student-run", "done", {"final_loss": 0.25})
+    models = {}
+    for label, preds in answers.items():
+        rows = [{"output": p, "latency_ms": 10.0 * (i + 1), "prompt_tokens": 40, "completion_tokens": 2}
+                for i, p in enumerate(preds)]  # fmt: skip
+        spec = ModelSpec(label, "student-run" if label == "student" else "local")
+        models[label] = {**score(task, gold, rows), **speed_and_cost(spec, rows, 0.5), "source": spec.source}
+        models[label].pop("per_record")
+    summary = {"task": "route", "kind": "label", "data": "d@1", "n": 6, "reference": "teacher", "models": models}
+    ws.store.start_run("eval-x", "eval", {"models": {"teacher": "local", "student": "student-run"}}, str(tmp_path))
+    ws.store.finish_run("eval-x", "done", summary)
+    return "eval-x"
+
+
+def test_report_files_are_self_contained(ws, tmp_path):
+    paths = write_report(ws, _fake_eval(ws, tmp_path), tmp_path / "r.html")
+    html = Path(paths["html"]).read_text()
+    # score, latency, cost, two confusion matrices, the loss curve: all inline PNGs, nothing fetched
+    assert len(re.findall(r'src="data:image/png;base64,', html)) == 6
+    assert "http://" not in html and "https://" not in html
+    md = Path(paths["markdown"]).read_text()
+    assert "| teacher |" in md and "| student |" in md
+    assert "0.8333" in md  # teacher and student both got 5 of 6
+
+
+def test_loss_history_reads_trainer_state(tmp_path):
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 5, "loss": 1.5}, {"eval": 1}]}))
+    assert loss_history(tmp_path) == [(5.0, 1.5)]
+    assert loss_history(tmp_path / "missing") == []
+
+
+def test_unknown_run_is_a_usage_error(ws):
+    from protege.errors import UserError
+
+    with pytest.raises(UserError, match="unknown run"):
+        write_report(ws, "nope")
+
+
+def test_report_renders_in_chromium(ws, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("chromium is not installed (make test installs it): cannot check the report renders")
+    html = Path(write_report(ws, _fake_eval(ws, tmp_path), tmp_path / "r.html")["html"]).read_text()
+    # a probe that records each image's decoded size in the DOM once the page has loaded
+    probe = (
+        "<script>window.addEventListener('load',()=>{const o=document.createElement('pre');o.id='probe';"
+        "o.textContent=JSON.stringify([...document.images].map(i=>[i.naturalWidth,i.naturalHeight]));"
+        "document.body.appendChild(o);});</script>"
+    )
+    page = tmp_path / "probe.html"
+    page.write_text(html.replace("</body>", probe + "</body>"))
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    m = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout)
+    assert m, f"no probe output from chromium: {proc.stderr[-500:]}"
+    sizes = json.loads(m.group(1))
+    assert len(sizes) == 6
+    assert all(w > 100 and h > 100 for w, h in sizes), sizes
