@@ -100,6 +100,9 @@ class TrainConfig(Strict):
     packing: bool = True
     """Concatenate each batch into one row with per-example positions (no padding; examples do not see
     each other). false: pad each length-sorted batch instead."""
+    share_prefix: bool = True
+    """With packing: compute the tokens every example of a batch starts with (system prompt, turn header)
+    once; each example attends to that prefix and to itself only, so results equal separate forwards."""
     merge: bool = False
     """Also write merged full weights to `output/merged` (LoRA methods)."""
     threads: int | None = None

@@ -1,0 +1,245 @@
+"""Training: every method on the tiny model, resume, stopping, truncation, packing isolation,
+constrained choice, and a two-process (gloo) run matching a one-process run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from protege.errors import UserError
+from protege.train.config import TrainConfig
+
+LABELS = ["anger", "joy", "optimism", "sadness"]
+ROWS = [
+    {"text": "I am so angry at this queue", "label": "anger"},
+    {"text": "what a lovely sunny day", "label": "joy"},
+    {"text": "tomorrow will be better, I know it", "label": "optimism"},
+    {"text": "I miss her so much", "label": "sadness"},
+]
+
+
+@pytest.fixture
+def job(tmp_path, tiny_model):
+    """A tiny label task: a task file and a JSONL of rows, repeated so a few steps can learn it."""
+    task = tmp_path / "emotion.yaml"
+    task.write_text(
+        "name: emotion\ninput: 'Tweet: {{ text }}'\noutput:\n  kind: label\n  labels: [anger, joy, optimism, sadness]\n"
+    )
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS * 4))
+
+    def make(**kw) -> TrainConfig:
+        base = {
+            "base": str(tiny_model),
+            "task": str(task),
+            "data": {"train": str(data)},
+            "method": "lora",
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+            "batch_size": 4,
+            "lr": 1e-2,
+            "max_steps": 8,
+            "schedule": "constant",
+            "output": str(tmp_path / "out"),
+        }
+        base.update(kw)
+        return TrainConfig.model_validate(base)
+
+    return make
+
+
+def _train(cfg: TrainConfig, ws, resume: bool = False) -> dict:
+    from protege.train.run import train
+
+    return train(cfg, ws, resume=resume)
+
+
+def _losses(metrics: dict) -> list[float]:
+    return [h["loss"] for h in metrics["history"]]
+
+
+@pytest.mark.parametrize(
+    "method,extra",
+    [("lora", {}), ("full", {"lr": 2e-3}), ("kd", {"teacher": None, "kd": {"temperature": 2.0, "alpha": 0.5}})],
+)
+def test_each_method_lowers_the_loss(job, ws, tiny_model, method, extra):
+    if method == "kd":
+        extra = {**extra, "teacher": str(tiny_model)}
+    cfg = job(method=method, **extra)
+    metrics = _train(cfg, ws)
+    losses = _losses(metrics)
+    assert len(losses) == 8
+    assert sum(losses[-2:]) / 2 < losses[0] * 0.985, losses  # random tiny weights: LoRA moves slowly
+    out = Path(cfg.output)
+    assert (out / "README.md").exists() and (out / "metrics.json").exists()
+    run = ws.store.get_run(cfg.run_name)
+    assert run["kind"] == "train" and run["status"] == "done" and run["output_dir"] == str(out)
+    from protege.models.load import load_model
+
+    model = load_model(out)  # adapter or full weights, both load the same way
+    assert model is not None
+    if method != "full":
+        cfg_json = json.loads((out / "adapter_config.json").read_text())
+        assert Path(cfg_json["base_model_name_or_path"]) == Path(tiny_model).resolve()
+
+
+def test_resume_equals_an_uninterrupted_run(job, ws, tmp_path):
+    full = job(max_steps=6, save_every=3, schedule="linear", output=str(tmp_path / "a"))
+    straight = _train(full, ws)
+    ref = {k: v.clone() for k, v in _adapter(tmp_path / "a").items()}
+    # the same job, "interrupted" after step 3: only the step-3 checkpoint is left
+    second = job(max_steps=6, save_every=3, schedule="linear", output=str(tmp_path / "b"))
+    _train(second, ws)
+    ckpts = sorted((tmp_path / "b" / "checkpoints").glob("step-*"))
+    assert [c.name for c in ckpts] == ["step-0000003", "step-0000006"]
+    shutil.rmtree(ckpts[-1])
+    resumed = _train(second, ws, resume=True)
+    assert resumed["steps"] == 6
+    assert _losses(resumed)[-3:] == pytest.approx(_losses(straight)[-3:], rel=1e-4)
+    got = _adapter(tmp_path / "b")
+    for name, value in ref.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-6)
+
+
+def _adapter(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_label_student_answers_only_labels_and_scores_match_a_plain_forward(job, ws, tmp_path):
+    cfg = job(data={"train": str(tmp_path / "train.jsonl"), "eval": str(tmp_path / "train.jsonl")}, eval_every=4)
+    metrics = _train(cfg, ws)
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and "eval_macro_f1" in metrics
+    from protege.models.load import load_model, load_tokenizer
+    from protege.train.classify import predict_labels, score_choices
+
+    model, tok = load_model(cfg.output), load_tokenizer(cfg.output)
+    prompts = [[{"role": "user", "content": f"Tweet: {r['text']}"}] for r in ROWS] + [
+        [{"role": "user", "content": "Tweet: something else entirely, answer freely"}]
+    ]
+    preds = predict_labels(model, tok, prompts, LABELS)
+    assert all(p in LABELS for p in preds)
+    # the packed scorer equals log-likelihoods from an ordinary unpacked forward
+    scores = score_choices(model, tok, prompts[:1], LABELS)
+    head = tok.apply_chat_template(prompts[0], tokenize=False, add_generation_prompt=True)
+    head_ids = tok(head, add_special_tokens=False)["input_ids"]
+    for j, lab in enumerate(LABELS):
+        ans = tok(lab, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = torch.tensor([head_ids + ans])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+        ref = sum(logp[len(head_ids) + k - 1, t].item() for k, t in enumerate(ans))
+        assert scores[0, j].item() == pytest.approx(ref, abs=1e-3)
+
+
+def test_trained_student_stops_by_itself(job, ws):
+    cfg = job(method="full", lr=5e-3, max_steps=80)
+    _train(cfg, ws)
+    from protege.models.load import load_model, load_tokenizer
+
+    model, tok = load_model(cfg.output), load_tokenizer(cfg.output)
+    for row in ROWS:
+        prompt = tok.apply_chat_template(
+            [{"role": "user", "content": f"Tweet: {row['text']}"}], tokenize=False, add_generation_prompt=True
+        )
+        ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        out = model.generate(ids, max_new_tokens=30, do_sample=False, eos_token_id=tok.eos_token_id)
+        new = out[0, ids.shape[1] :].tolist()
+        assert tok.eos_token_id in new[:8], tok.decode(new)
+        assert tok.decode(new[: new.index(tok.eos_token_id)]).strip() in LABELS
+
+
+def test_truncation_is_counted_and_keeps_the_answer(job, ws, tiny_model):
+    from protege.models.load import load_tokenizer
+    from protege.train.data import tokenize_all
+
+    tok = load_tokenizer(str(tiny_model))
+    chat = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "joy"}]
+    short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+    examples, truncated = tokenize_all(tok, [chat, short], 64)
+    assert truncated == 1 and len(examples[0].input_ids) == 64
+    kept = [t for t, on in zip(examples[0].input_ids, examples[0].trained, strict=True) if on]
+    assert tok.decode(kept) == "joy" + tok.eos_token
+    metrics = _train(job(max_length=24, max_steps=2), ws)
+    assert metrics["truncated"] == 16
+
+
+def test_packed_examples_do_not_see_each_other(tiny_model):
+    from protege.models.load import load_model, load_tokenizer
+    from protege.train.data import collate, tokenize_chat
+    from protege.train.model import answer_logits
+
+    model, tok = load_model(str(tiny_model), dtype="float32"), load_tokenizer(str(tiny_model))
+    a = tokenize_chat(tok, [{"role": "user", "content": "first one"}, {"role": "assistant", "content": "joy"}], 128)
+    b = tokenize_chat(
+        tok, [{"role": "user", "content": "a second, longer"}, {"role": "assistant", "content": "sad"}], 128
+    )
+    with torch.no_grad():
+        shared = collate([a, b], packing=True)
+        assert shared["attention_mask"] is not None  # both start with the same system prompt
+        packed = answer_logits(model, shared)
+        plain = answer_logits(model, collate([a, b], packing=True, share_prefix=False))
+        alone = torch.cat([answer_logits(model, collate([x], packing=True)) for x in (a, b)])
+        padded = answer_logits(model, collate([a, b], packing=False))
+    for got in (packed, plain, padded):
+        torch.testing.assert_close(got, alone, rtol=1e-4, atol=1e-4)
+
+
+def test_qlora_without_cuda_is_a_clear_usage_error(job, ws):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: QLoRA can run here")
+    with pytest.raises(UserError, match="qlora needs a CUDA GPU"):
+        _train(job(method="qlora"), ws)
+
+
+def test_cli_train_and_bad_config(job, tmp_path, ws):
+    cfg = job(max_steps=2)
+    path = tmp_path / "train.yaml"
+    path.write_text(json.dumps(cfg.model_dump(mode="json") | {"output": "runs/cli"}))
+    res = run_cli("-w", str(ws.root), "train", str(path), "--set", "max_steps=3", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["steps"] == 3 and out["output"] == str(ws.root / "runs" / "cli")
+    bad = run_cli("-w", str(ws.root), "train", str(path), "--set", "lora.rank=4")
+    assert bad.returncode == 2 and "lora.rank: unknown key" in bad.stderr
+
+
+def test_two_processes_match_one(job, ws, tmp_path):
+    """Same effective batch (1 x 4 vs 2 x 2): the same update, up to float summation order."""
+    one = job(max_steps=3, output=str(tmp_path / "one"))
+    _train(one, ws)
+    two_yaml = tmp_path / "two.yaml"
+    two_yaml.write_text(
+        json.dumps(job(max_steps=3, batch_size=2, output=str(tmp_path / "two")).model_dump(mode="json"))
+    )
+    accelerate = Path(sys.executable).parent / "accelerate"
+    protege = Path(sys.executable).parent / "protege"
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",  # multi_gpu: the torchrun launcher (gloo on CPU)
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+    ]
+    cmd += ["--dynamo_backend", "no", str(protege), "-w", str(ws.root), "train", str(two_yaml)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["processes"] == 2
+    a, b = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-5)
+    la = json.loads((tmp_path / "one" / "metrics.json").read_text())["history"]
+    lb = json.loads((tmp_path / "two" / "metrics.json").read_text())["history"]
+    assert [h["loss"] for h in lb] == pytest.approx([h["loss"] for h in la], rel=1e-3)
