@@ -83,7 +83,11 @@ def _lcs(a: list[str], b: list[str]) -> int:
 
 def rouge_l(reference: str, candidate: str) -> float:
     """ROUGE-L F1 over lower-cased word tokens (longest common subsequence)."""
-    ref, cand = _tokens(reference), _tokens(candidate)
+    return rouge_l_tokens(_tokens(reference), _tokens(candidate))
+
+
+def rouge_l_tokens(ref: list[str], cand: list[str]) -> float:
+    """ROUGE-L F1 of two token lists (callers comparing against a pool tokenise once)."""
     lcs = _lcs(ref, cand)
     if lcs == 0:
         return 0.0

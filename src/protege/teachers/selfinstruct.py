@@ -26,6 +26,7 @@ from typing import Any
 
 from protege.data.records import Record, save_dataset
 from protege.errors import DataError, UserError
+from protege.evaluate.metrics import rouge_l_tokens
 from protege.log import console, progress
 from protege.teachers.cache import CallResult, TeacherSession, prompt_hash
 from protege.teachers.client import get_teacher_config, make_teacher
@@ -104,27 +105,13 @@ def load_seeds(path: str | Path) -> list[SeedTask]:
 
 
 # ---- ROUGE-L --------------------------------------------------------------------------------
+# ROUGE-L itself is the evaluation metric's (protege.evaluate.metrics), over these tokens.
+rouge_l = rouge_l_tokens
+
+
 def rouge_tokens(text: str) -> list[str]:
     """rouge-score's default tokenisation (lowercase, alphanumeric runs), without its stemmer."""
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
-
-
-def rouge_l(a: list[str], b: list[str]) -> float:
-    """ROUGE-L F1 from the longest common subsequence. A 40-line LCS instead of the rouge-score
-    dependency: instructions are short, and this is all the filter needs."""
-    if not a or not b:
-        return 0.0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    p, r = lcs / len(b), lcs / len(a)
-    return 2 * p * r / (p + r)
 
 
 class Pool:
