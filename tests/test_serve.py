@@ -159,6 +159,23 @@ def test_constrained_choice_matches_an_independent_computation(client, tiny_mode
         assert scores[choice] == pytest.approx(expected, abs=1e-3)
 
 
+def test_concurrent_choice_requests_score_as_when_alone(client, tiny_model):
+    """Choice requests that arrive together share one batch (each prompt run once, choices over
+    its cache); prompts of different lengths must still get their solo scores."""
+    choices = ["yes", "no", "maybe not", ""]
+    questions = [[{"role": "user", "content": "Is it? " * (1 + i)}] for i in range(6)]
+
+    def ask(messages):
+        resp = client.chat.completions.create(model=str(tiny_model), messages=messages, extra_body={"choices": choices})
+        return resp.model_extra["choice_scores"]
+
+    solo = [ask(m) for m in questions]
+    with ThreadPoolExecutor(len(questions)) as pool:
+        together = list(pool.map(ask, questions))
+    for alone, batched in zip(solo, together, strict=True):
+        assert batched == pytest.approx(alone, abs=1e-3)
+
+
 def test_json_mode(client, tiny_model):
     resp = client.chat.completions.create(
         model=str(tiny_model), messages=HELLO, max_tokens=20, temperature=0, response_format={"type": "json_object"}

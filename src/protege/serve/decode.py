@@ -23,6 +23,8 @@ GREEDY_BELOW = 1e-5
 """Temperatures below this are greedy (argmax), as OpenAI treats temperature 0."""
 JSON_CANDIDATES = 64
 """How many of a JSON row's most likely tokens are checked against the JSON prefix automaton."""
+SHARED_PREFIX_MIN = 8
+"""A batch's common prompt head shorter than this is not worth a separate pass."""
 
 
 @dataclass
@@ -96,17 +98,10 @@ class Decoder:
     @torch.inference_mode()
     def generate(self, rows: list[Row]) -> int:
         """Run rows to completion, emitting events as tokens come; returns the tokens generated."""
-        width = max(len(r.prompt_ids) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-            mask[i, width - len(r.prompt_ids) :] = 1
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self._forward(ids, mask, positions, cache)
+        logits, mask = self._prefill(rows, cache)
         active = list(rows)
         total = 0
         while active:
@@ -124,6 +119,33 @@ class Decoder:
             positions = mask.sum(-1, keepdim=True) - 1
             logits = self._forward(torch.tensor(tokens).unsqueeze(1), mask, positions, cache)
         return total
+
+    def _prefill(self, rows: list[Row], cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts into the cache; returns the last logits and the attention mask so far.
+
+        Chat prompts of one batch share a long head (the template's default system turn), which
+        made prefill the larger half of a 32-row batch's time: that shared head runs once, its
+        cache is repeated per row, and only the differing tails run as a batch. Tails are padded
+        on their left, so a row's mask reads [head, pads, tail] and its positions stay those it
+        would have alone."""
+        prompts = [r.prompt_ids for r in rows]
+        head = _common_prefix(prompts) if len(rows) > 1 else 0
+        head = min(head, min(len(p) for p in prompts) - 1)
+        if head < SHARED_PREFIX_MIN:
+            head = 0
+        if head:
+            ones = torch.ones((1, head), dtype=torch.long)
+            head_ids = torch.tensor([prompts[0][:head]])
+            self.model(input_ids=head_ids, attention_mask=ones, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache.batch_repeat_interleave(len(rows))
+        tails = [p[head:] for p in prompts]
+        tail_mask = _left_pad_mask(tails)
+        ids = torch.full(tail_mask.shape, self.pad_id, dtype=torch.long)
+        for i, t in enumerate(tails):
+            ids[i, tail_mask.shape[1] - len(t) :] = torch.tensor(t)
+        mask = torch.cat([torch.ones((len(rows), head), dtype=torch.long), tail_mask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, head:]
+        return self._forward(ids, mask, positions, cache), mask
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         out = self.model(
@@ -219,23 +241,71 @@ class Decoder:
     # ---- constrained choice ---------------------------------------------------------------------
     @torch.inference_mode()
     def score_choices(self, prompt_ids: list[int], choices: list[list[int]], end_id: int) -> list[float]:
-        """Log-likelihood of each choice's tokens plus the end-of-turn token after the prompt, all
-        choices in one right-padded forward pass; only the logits after the prompt are computed."""
-        seqs = [prompt_ids + c + [end_id] for c in choices]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        start = len(prompt_ids) - 1
-        out = self.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=width - start)
-        logprobs = torch.log_softmax(out.logits.float(), -1)
-        scores = []
-        for i, s in enumerate(seqs):
-            targets = torch.tensor(s[len(prompt_ids) :])
-            scores.append(logprobs[i, torch.arange(len(targets)), targets].sum().item())
-        return scores
+        """Log-likelihood of each choice's tokens plus the end-of-turn token after one prompt."""
+        return self.score_choice_groups([(prompt_ids, choices)], end_id)[0]
+
+    @torch.inference_mode()
+    def score_choice_groups(self, groups: list[tuple[list[int], list[list[int]]]], end_id: int) -> list[list[float]]:
+        """Scores for several requests at once. Each prompt runs ONCE (a left-padded prefill whose
+        last logits score every choice's first token); the cache is then repeated per choice and all
+        choices' remaining tokens run as one right-padded batch. A few-shot prompt of 270 tokens
+        with 4 labels so costs ~270 tokens of compute instead of ~1,100."""
+        prompts = [p for p, _ in groups]
+        mask = _left_pad_mask(prompts)
+        ids = torch.full(mask.shape, self.pad_id, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, mask.shape[1] - len(p) :] = torch.tensor(p)
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        first = torch.log_softmax(self._forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache), -1)
+        owner = [g for g, (_, choices) in enumerate(groups) for _ in choices]
+        targets = [c + [end_id] for _, choices in groups for c in choices]
+        scores = [first[g, t[0]].item() for g, t in zip(owner, targets, strict=True)]
+        rest = max(len(t) for t in targets) - 1
+        if rest > 0:
+            scores = [s + r for s, r in zip(scores, self._score_rest(cache, mask, owner, targets, rest), strict=True)]
+        flat = iter(scores)
+        return [[next(flat) for _ in choices] for _, choices in groups]
+
+    def _score_rest(
+        self, cache: Any, mask: torch.Tensor, owner: list[int], targets: list[list[int]], rest: int
+    ) -> list[float]:
+        """Log-probability of every target token after the first, over the prompt cache repeated
+        once per choice. Right padding is harmless: a pad only influences later positions, which
+        are never read."""
+        index = torch.tensor(owner)
+        cache.batch_select_indices(index)
+        ids = torch.full((len(targets), rest), self.pad_id, dtype=torch.long)
+        wanted = torch.full((len(targets), rest), -1, dtype=torch.long)
+        for i, t in enumerate(targets):
+            ids[i, : len(t) - 1] = torch.tensor(t[:-1])
+            wanted[i, : len(t) - 1] = torch.tensor(t[1:])
+        prompt_mask = mask[index]
+        full_mask = torch.cat([prompt_mask, torch.ones((len(targets), rest), dtype=torch.long)], dim=1)
+        positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(rest)
+        out = self.model(
+            input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache, use_cache=True
+        )
+        logits = out.logits.float()
+        picked = logits.gather(-1, wanted.clamp(min=0).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+        return (picked * (wanted >= 0)).sum(-1).tolist()
+
+
+def _common_prefix(prompts: list[list[int]]) -> int:
+    first = prompts[0]
+    n = min(len(p) for p in prompts)
+    for p in prompts[1:]:
+        n = next((i for i in range(n) if p[i] != first[i]), n)
+    return n
+
+
+def _left_pad_mask(prompts: list[list[int]]) -> torch.Tensor:
+    width = max(len(p) for p in prompts)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        mask[i, width - len(p) :] = 1
+    return mask
 
 
 def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:

@@ -357,10 +357,15 @@ class Engine:
                 self._run_generate(batch)
 
     def _run_choices(self, batch: list[Job]) -> None:
-        for job in batch:
-            if not job.cancelled:
-                job.push(self.decoder.score_choices(job.prompt_ids, job.choices, self.end_id))
-            with self._cond:
+        """Every waiting choice request in one pass: each prompt runs once, all choices together."""
+        live = [job for job in batch if not job.cancelled]
+        if live:
+            self.metrics.batch.observe(len(live))
+            results = self.decoder.score_choice_groups([(j.prompt_ids, j.choices) for j in live], self.end_id)
+            for job, scores in zip(live, results, strict=True):
+                job.push(scores)
+        with self._cond:
+            for job in batch:
                 self._release(job)
 
     def _run_generate(self, batch: list[Job]) -> None:
