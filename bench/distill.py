@@ -103,6 +103,27 @@ def fixed_latency_levels(folder: Path, n: int = 128, delay: float = 0.25) -> dic
     return {"server_delay_s": delay, "requests": n, "levels": {str(c): v for c, v in levels.items()}}
 
 
+def summary_lines(r: dict) -> list[str]:
+    """Markdown for the README (bench/run_all.py pastes it in); ratios are against concurrency 1."""
+    fixed = r["fixed_latency_teacher"]["levels"]
+    lines = [
+        f"Teacher: {r['teacher']}, {r['inputs']}, max_tokens {r['max_tokens']}.",
+        "",
+        "| concurrency | real model req/s | x c1 | fixed 0.25 s teacher req/s | x c1 |",
+        "|---|---|---|---|---|",
+    ]
+    for c, v in r["levels"].items():
+        f = fixed.get(c, {})
+        lines.append(
+            f"| {c} | {v['requests_per_s']:.2f} | {v['ratio_vs_c1']:.2f} | "
+            f"{f.get('requests_per_s', 0):.2f} | {f.get('ratio_vs_c1', 0):.2f} |"
+        )
+    cache = r["cache_rerun"]
+    lines += ["", f"Cache-hit re-run: {cache['seconds']:.2f} s, {cache['requests']} requests sent "
+              f"({cache['speedup_vs_c16']:.0f}x faster than the concurrency-16 run)."]  # fmt: skip
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -138,6 +159,7 @@ def main() -> None:
         "cache_rerun": cached,
         "fixed_latency_teacher": fixed,
     }
+    result["summary"] = summary_lines(result)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     for c, v in levels.items():

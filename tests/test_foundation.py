@@ -176,3 +176,11 @@ def test_pulled_model_is_a_plain_float_checkpoint(smollm_path):
     config = json.loads((smollm_path / "config.json").read_text())
     assert "quantization_config" not in config  # dequantised once; nothing GGUF-specific is left
     assert (smollm_path / "model.safetensors").exists() and (smollm_path / "tokenizer.json").exists()
+
+
+def test_relative_workspace_stores_paths_that_work_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ws = init_workspace("rel-ws")
+    assert ws.root.is_absolute() and ws.resolve("runs/x") == tmp_path / "rel-ws" / "runs" / "x"
+    monkeypatch.chdir(tmp_path.parent)
+    assert open_workspace(tmp_path / "rel-ws").resolve("runs/x") == tmp_path / "rel-ws" / "runs" / "x"

@@ -44,7 +44,8 @@ class DemoSettings:
     batch_size: int = 8
     lr: float = 3.0e-4
     lora_r: int = 16
-    concurrency: int = 2
+    concurrency: int = 8
+    """Teacher requests in flight: the server batches them and runs their shared few-shot prompt once."""
     model: str = BASE
     """Teacher (when local) and the student's base; any local model with a chat template."""
 

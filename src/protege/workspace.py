@@ -48,7 +48,7 @@ class Workspace:
 
 
 def init_workspace(root: str | Path | None = None) -> Workspace:
-    root = Path(root) if root else default_workspace()
+    root = (Path(root) if root else default_workspace()).resolve()
     root.mkdir(parents=True, exist_ok=True)
     (root / "artifacts").mkdir(exist_ok=True)
     cfg = root / CONFIG_NAME
@@ -59,7 +59,8 @@ def init_workspace(root: str | Path | None = None) -> Workspace:
 
 def open_workspace(root: str | Path | None = None, create: bool = True) -> Workspace:
     """Open (and, by default, create) the workspace; older databases are migrated forward."""
-    root = Path(root) if root else default_workspace()
+    # Absolute, so paths stored in the database (run outputs) mean the same from any folder.
+    root = (Path(root) if root else default_workspace()).resolve()
     if not (root / CONFIG_NAME).exists():
         if not create:
             raise UserError(f"{root}: not a protege workspace (run `protege init {root}`)")

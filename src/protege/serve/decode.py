@@ -101,7 +101,7 @@ class Decoder:
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
-        logits, mask = self._prefill(rows, cache)
+        logits, mask = self._prefill([r.prompt_ids for r in rows], cache)
         active = list(rows)
         total = 0
         while active:
@@ -120,16 +120,16 @@ class Decoder:
             logits = self._forward(torch.tensor(tokens).unsqueeze(1), mask, positions, cache)
         return total
 
-    def _prefill(self, rows: list[Row], cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prefill(self, prompts: list[list[int]], cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts into the cache; returns the last logits and the attention mask so far.
 
         Chat prompts of one batch share a long head (the template's default system turn), which
         made prefill the larger half of a 32-row batch's time: that shared head runs once, its
         cache is repeated per row, and only the differing tails run as a batch. Tails are padded
         on their left, so a row's mask reads [head, pads, tail] and its positions stay those it
-        would have alone."""
-        prompts = [r.prompt_ids for r in rows]
-        head = _common_prefix(prompts) if len(rows) > 1 else 0
+        would have alone. Teacher requests share far more (instructions and few-shot examples), so
+        constrained-choice batches go through here too."""
+        head = _common_prefix(prompts) if len(prompts) > 1 else 0
         head = min(head, min(len(p) for p in prompts) - 1)
         if head < SHARED_PREFIX_MIN:
             head = 0
@@ -137,13 +137,13 @@ class Decoder:
             ones = torch.ones((1, head), dtype=torch.long)
             head_ids = torch.tensor([prompts[0][:head]])
             self.model(input_ids=head_ids, attention_mask=ones, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache.batch_repeat_interleave(len(rows))
+            cache.batch_repeat_interleave(len(prompts))
         tails = [p[head:] for p in prompts]
         tail_mask = _left_pad_mask(tails)
         ids = torch.full(tail_mask.shape, self.pad_id, dtype=torch.long)
         for i, t in enumerate(tails):
             ids[i, tail_mask.shape[1] - len(t) :] = torch.tensor(t)
-        mask = torch.cat([torch.ones((len(rows), head), dtype=torch.long), tail_mask], dim=1)
+        mask = torch.cat([torch.ones((len(prompts), head), dtype=torch.long), tail_mask], dim=1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, head:]
         return self._forward(ids, mask, positions, cache), mask
 
@@ -246,19 +246,15 @@ class Decoder:
 
     @torch.inference_mode()
     def score_choice_groups(self, groups: list[tuple[list[int], list[list[int]]]], end_id: int) -> list[list[float]]:
-        """Scores for several requests at once. Each prompt runs ONCE (a left-padded prefill whose
-        last logits score every choice's first token); the cache is then repeated per choice and all
-        choices' remaining tokens run as one right-padded batch. A few-shot prompt of 270 tokens
-        with 4 labels so costs ~270 tokens of compute instead of ~1,100."""
-        prompts = [p for p, _ in groups]
-        mask = _left_pad_mask(prompts)
-        ids = torch.full(mask.shape, self.pad_id, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, mask.shape[1] - len(p) :] = torch.tensor(p)
+        """Scores for several requests at once. Each prompt runs ONCE (the batch prefill, whose
+        shared head runs once and whose last logits score every choice's first token); the cache is
+        then repeated per choice and all choices' remaining tokens run as one right-padded batch.
+        A few-shot prompt of 270 tokens with 4 labels so costs ~270 tokens of compute, not ~1,100."""
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
-        first = torch.log_softmax(self._forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache), -1)
+        logits, mask = self._prefill([p for p, _ in groups], cache)
+        first = torch.log_softmax(logits, -1)
         owner = [g for g, (_, choices) in enumerate(groups) for _ in choices]
         targets = [c + [end_id] for _, choices in groups for c in choices]
         scores = [first[g, t[0]].item() for g, t in zip(owner, targets, strict=True)]
