@@ -97,7 +97,7 @@ def run_trl(steps: int | None, work: Path) -> dict:
     conv = load_conversations(str(data_dir() / "train.jsonl"), task, None, limit=HP["rows"])
     resolved = resolve_model(BASE)
     tok = load_tokenizer(resolved)
-    model = load_causal_lm(str(resolved.path), torch.float32)  # plain HF load, minus a stale gguf quant config
+    model = load_causal_lm(str(resolved.path), torch.float32)  # the same plain HF load as protege
     args = SFTConfig(
         output_dir=str(work / "trl"),
         per_device_train_batch_size=HP["batch_size"],

@@ -33,17 +33,11 @@ def _accelerator() -> Any:
 
 
 def load_causal_lm(path: str, dtype: torch.dtype) -> Any:
-    """The model as plain float weights. Bundled models converted from GGUF keep a gguf
-    quantization_config in config.json although their safetensors hold dequantised floats; dropping it
-    keeps trainers from refusing them as quantised and keeps it out of the saved outputs."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """The model with SDPA attention (what packed, padding-free batches rely on). Bundled models
+    need no config surgery here: `models.fetch.pull` strips the leftover GGUF quantization_config."""
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(path)
-    quant = getattr(config, "quantization_config", None)
-    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
-    if method == "gguf":
-        del config.quantization_config
-    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, attn_implementation="sdpa")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
 
 
 def build_model(cfg: TrainConfig, resolved: Any, device: Any) -> tuple[Any, torch.dtype | None]:
