@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from protege.errors import UserError
+from protege.errors import DataError, UserError
 from protege.store import Store, dumps, loads
 
 Role = Literal["system", "user", "assistant"]
@@ -156,3 +157,16 @@ def _info(row: Any) -> dict[str, Any]:
     info = dict(row)
     info["source"], info["parents"] = loads(info["source"]), loads(info["parents"])
     return info
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line; bad JSON stops with `file:line:`.
+    For readers that stop at the first problem (validation, which lists them all, has its own)."""
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON: {e.msg}") from None

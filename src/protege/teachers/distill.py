@@ -21,7 +21,7 @@ from typing import Any
 from rich.progress import TextColumn
 
 from protege.config import TeacherConfig
-from protege.data.records import Record, save_dataset
+from protege.data.records import Record, iter_jsonl, save_dataset
 from protege.errors import DataError, ProtegeError, UserError
 from protege.log import console, progress
 from protege.tasks import Task
@@ -69,19 +69,12 @@ def read_inputs(path: str | Path, limit: int | None = None) -> list[Input]:
 
 def _read_jsonl(path: Path, limit: int | None) -> list[Input]:
     rows: list[Input] = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if limit and len(rows) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON: {e.msg}") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{n}: expected a JSON object of fields, got {type(obj).__name__}")
-            rows.append(Input(obj, n))
+    for n, obj in iter_jsonl(path):
+        if limit and len(rows) >= limit:
+            break
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{n}: expected a JSON object of fields, got {type(obj).__name__}")
+        rows.append(Input(obj, n))
     return rows
 
 

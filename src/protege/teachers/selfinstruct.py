@@ -15,7 +15,6 @@ Every teacher call goes through the workspace cache, so a re-run with the same s
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import re
 import time
@@ -24,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from protege.data.records import Record, save_dataset
+from protege.data.records import Record, iter_jsonl, save_dataset
 from protege.errors import DataError, UserError
 from protege.evaluate.metrics import rouge_l_tokens
 from protege.log import console, progress
@@ -86,13 +85,7 @@ def load_seeds(path: str | Path) -> list[SeedTask]:
     if not path.exists():
         raise UserError(f"{path}: seed file not found")
     seeds = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: not valid JSON: {e.msg}") from None
+    for n, obj in iter_jsonl(path):
         if not isinstance(obj, dict) or not isinstance(obj.get("instruction"), str):
             raise DataError(f"{path}:{n}: instruction: missing or not a string")
         instances = obj.get("instances") or []
