@@ -59,6 +59,25 @@ def test_report_files_are_self_contained(ws, tmp_path):
     assert "0.8333" in md  # teacher and student both got 5 of 6
 
 
+def test_eval_runs_over_the_same_records_compare_in_one_report(ws, tmp_path):
+    from protege.errors import UserError
+
+    first = _fake_eval(ws, tmp_path)
+    summary = ws.store.get_run(first)["metrics"]
+    ws.store.start_run("eval-y", "eval", {"models": {"student": "student-run"}}, None)
+    ws.store.finish_run("eval-y", "done", {**summary, "models": {"student": summary["models"]["student"]}})
+    paths = write_report(ws, [first, "eval-y"])
+    md = Path(paths["markdown"]).read_text()
+    assert "| eval-x/teacher |" in md and "| eval-x/student |" in md and "| eval-y/student |" in md
+    html = Path(paths["html"]).read_text()
+    assert Path(paths["html"]).name == "compare-eval-x-eval-y.html" and "training loss" in html
+
+    ws.store.start_run("eval-z", "eval", {}, None)
+    ws.store.finish_run("eval-z", "done", {**summary, "data": "other@1"})
+    with pytest.raises(UserError, match="scored different records"):
+        write_report(ws, [first, "eval-z"])
+
+
 def test_loss_history_reads_trainer_state(tmp_path):
     (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 5, "loss": 1.5}, {"eval": 1}]}))
     assert loss_history(tmp_path) == [(5.0, 1.5)]

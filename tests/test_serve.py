@@ -13,6 +13,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from protege.errors import UserError
 from protege.serve.launch import ServerProcess
 
 KEY = "test-key-123"
@@ -319,6 +320,33 @@ def test_adapter_folder_and_run_name_as_model(ws, tiny_model, adapters, tmp_path
         assert engine.route("my-run") == "my-run" and engine.adapters["my-run"] == str(run_dir)
     finally:
         engine.close()
+
+
+def test_merged_adapter_answers_as_the_adapter_and_hides_the_base(tiny_model, adapters):
+    from protege.serve.app import build_engine
+    from protege.serve.engine import UnknownModel
+
+    name = str(adapters["a"])
+    prompt_and_choices = ([1, 2, 3, 4, 5], [[6], [7, 8], [9]])
+    scores = {}
+    for merge in (False, True):
+        engine = build_engine(name, threads=1, merge=merge)
+        try:
+            assert engine.route(None) == name
+            with engine._using(name):
+                scores[merge] = engine.decoder.score_choices(*prompt_and_choices, engine.end_id)
+        finally:
+            engine.close()
+    assert scores[True] == pytest.approx(scores[False], abs=1e-3)
+    engine = build_engine(name, threads=1, merge=True)
+    try:
+        with pytest.raises(UnknownModel):
+            engine.route(str(tiny_model))
+        assert [c["id"] for c in engine.model_cards()] == [name]
+    finally:
+        engine.close()
+    with pytest.raises(UserError, match="--merge"):
+        build_engine(str(tiny_model), threads=1, merge=True)
 
 
 @pytest.mark.slow

@@ -64,6 +64,22 @@ def teacher_cfg(fake: FakeOpenAI, **kw) -> TeacherConfig:
     return TeacherConfig(base_url=fake.base_url, model="fake-model", **{"timeout_s": 1.0, "max_retries": 5, **kw})
 
 
+def test_teacher_prompt_puts_examples_in_turns_or_in_the_system_message(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text(TASK_YAML)
+    turns = load_task(path).teacher_messages({"text": "so sad"})
+    assert [m["role"] for m in turns] == ["system", "user", "assistant", "user"]
+    assert turns[1]["content"] == "Tweet: I can't stop smiling today" and turns[2]["content"] == "joy"
+    assert "anger, joy, optimism, sadness" in turns[0]["content"]
+    path.write_text(TASK_YAML + "examples_as: system\n")
+    inline = load_task(path).teacher_messages({"text": "so sad"})
+    assert [m["role"] for m in inline] == ["system", "user"] and inline[1]["content"] == "Tweet: so sad"
+    assert inline[0]["content"].endswith("Examples:\n\nTweet: I can't stop smiling today\nAnswer: joy")
+    path.write_text(TASK_YAML + "examples_as: footnote\n")
+    with pytest.raises(Exception, match="examples_as"):
+        load_task(path)
+
+
 # ---- the client and its retry policy ----------------------------------------------------------------
 def test_retry_policy_backoff_and_retry_after():
     policy = RetryPolicy(base_s=0.5, max_s=30)

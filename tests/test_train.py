@@ -243,3 +243,24 @@ def test_two_processes_match_one(job, ws, tmp_path):
     la = json.loads((tmp_path / "one" / "metrics.json").read_text())["history"]
     lb = json.loads((tmp_path / "two" / "metrics.json").read_text())["history"]
     assert [h["loss"] for h in lb] == pytest.approx([h["loss"] for h in la], rel=1e-3)
+
+
+def test_system_prompt_is_trained_saved_and_served(job, ws):
+    """`system_prompt: ""` replaces the template's default system turn in training, in the saved
+    tokenizer and in what the server renders for the adapter; the bare base keeps its default."""
+    from protege.models.load import load_tokenizer
+    from protege.serve.app import build_engine
+
+    cfg = job(system_prompt="", max_steps=1)
+    _train(cfg, ws)
+    messages = [{"role": "user", "content": "Tweet: hello"}]
+    saved = load_tokenizer(cfg.output).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert saved.startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user\nTweet: hello")
+    engine = build_engine(cfg.output, threads=1)
+    try:
+        student = engine.chat_prompt(messages, engine.route(None))
+        base = engine.chat_prompt(messages, None)
+        assert engine.tokenizer.decode(student) == saved
+        assert "You are a helpful AI assistant" in engine.tokenizer.decode(base) and len(base) > len(student) + 10
+    finally:
+        engine.close()

@@ -5,3 +5,9 @@ with models/ (registry, fetch, load), store.py (SQLite) and cli.py (the entry po
 """
 
 __version__ = "0.1.0"
+
+import warnings as _warnings
+
+# peft 0.21 probes transformers 5's deprecated `is_gradient_checkpointing` on every adapter it
+# wraps; the warning is about peft's code, not the user's, and would print in every training run.
+_warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

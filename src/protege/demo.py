@@ -94,6 +94,7 @@ def train_student(ws: Workspace, task_file: Path, data: str, s: DemoSettings) ->
         base=s.model, task=str(task_file), data=DataConfig(train=data), method="lora",
         lora=LoraConfig(r=s.lora_r, alpha=2 * s.lora_r), epochs=s.epochs, max_steps=s.max_steps,
         batch_size=s.batch_size, lr=s.lr, max_length=128, output="runs/demo-student", name="demo-student",
+        system_prompt="",  # the base template's 16-token default system turn would cost every request
     )  # fmt: skip
     info = get_dataset(ws.store, data)
     key = hashlib.sha256(json.dumps([cfg.model_dump(mode="json"), info["hash"]], sort_keys=True).encode()).hexdigest()

@@ -53,6 +53,11 @@ class Task(Strict):
     output: OutputSpec = Field(default_factory=OutputSpec)
     examples: list[Example] = Field(default_factory=list)
     """Few-shot examples, shown to teachers only."""
+    examples_as: Literal["turns", "system"] = "turns"
+    """turns: each example is a user/assistant exchange before the input (OpenAI-style few-shot);
+    system: the examples are listed in the system message. Small chat models copy the last turn:
+    on tweeteval the 135M teacher answered its last shot's label for 94% of tweets with turns
+    (accuracy 0.29) and scored 0.50 with the same eight examples in the system message."""
 
     @property
     def labels(self) -> list[str]:
@@ -71,10 +76,14 @@ class Task(Strict):
             system += "\nAnswer with exactly one of: " + ", ".join(self.labels) + "."
         elif self.output.kind == "json":
             system += "\nAnswer with JSON only, valid against this schema: " + json.dumps(self.output.schema_)
+        shots = [(self.render(ex.input), ex.output if isinstance(ex.output, str) else json.dumps(ex.output))
+                 for ex in self.examples]  # fmt: skip
+        if shots and self.examples_as == "system":
+            system += "\n\nExamples:\n\n" + "\n\n".join(f"{q}\nAnswer: {a}" for q, a in shots)
+            shots = []
         messages = [{"role": "system", "content": system.strip()}]
-        for ex in self.examples:
-            out = ex.output if isinstance(ex.output, str) else json.dumps(ex.output)
-            messages += [{"role": "user", "content": self.render(ex.input)}, {"role": "assistant", "content": out}]
+        for question, answer in shots:
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         messages.append({"role": "user", "content": self.render(fields)})
         return messages
 

@@ -48,7 +48,9 @@ def eval_cmd(
 
 
 def report_cmd(
-    run: Annotated[str, typer.Argument(help="Eval (or train) run name.")],
+    runs: Annotated[
+        list[str], typer.Argument(help="Eval (or train) run; several eval runs over the same data make one comparison.")
+    ],
     out: Annotated[Path | None, typer.Option("--out", help="HTML file (default: in the run's folder).")] = None,
     as_json: JsonOpt = False,
     workspace_: WorkspaceOpt = None,
@@ -58,7 +60,7 @@ def report_cmd(
     from protege.evaluate.report import write_report
     from protege.log import console
 
-    paths = write_report(workspace(workspace_), run, out)
+    paths = write_report(workspace(workspace_), runs, out)
     if as_json:
         return print_json(paths)
     console.print(f"[green]report[/] {paths['html']} (summary: {paths['markdown']})")

@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -259,15 +260,49 @@ def figures_for(ws: Workspace, run: dict[str, Any]) -> list[tuple[str, str]]:
     return figs
 
 
-def write_report(ws: Workspace, run_name: str, out: str | Path | None = None) -> dict[str, str]:
-    """Writes RUN's HTML report (default: the run's folder / report.html) and report.md beside it."""
-    run = ws.store.get_run(run_name)
+def get_run(ws: Workspace, name: str) -> dict[str, Any]:
+    run = ws.store.get_run(name)
     if run is None:
         known = [r["name"] for r in ws.store.query("SELECT name FROM runs ORDER BY id DESC LIMIT 10")]
-        raise UserError(f"unknown run {run_name!r}; recent: {', '.join(known) or 'none'}")
+        raise UserError(f"unknown run {name!r}; recent: {', '.join(known) or 'none'}")
+    return run
+
+
+def combined_run(ws: Workspace, names: list[str]) -> dict[str, Any]:
+    """Several eval runs over the same records as one run whose models are RUN/LABEL, so a student
+    retrained last week and today's sit in one table (each `vs_ref` stays against its own run's
+    reference). Runs over different records are refused: their scores are not comparable."""
+    runs = [get_run(ws, n) for n in names]
+    if other := [r["name"] for r in runs if r["kind"] != "eval"]:
+        raise UserError(f"only eval runs can be compared; not eval: {', '.join(other)}")
+    first = runs[0]["metrics"] or {}
+    scope = ("task", "data", "n")
+    for run in runs[1:]:
+        m = run["metrics"] or {}
+        if any(m.get(k) != first.get(k) for k in scope):
+            theirs, ours = ({k: x.get(k) for k in scope} for x in (m, first))
+            raise UserError(f"runs {runs[0]['name']!r} {ours} and {run['name']!r} {theirs} scored different records")
+    models, sources = {}, {}
+    for r in runs:
+        for label, m in ((r["metrics"] or {}).get("models") or {}).items():
+            models[f"{r['name']}/{label}"] = m
+            sources[f"{r['name']}/{label}"] = ((r.get("config") or {}).get("models") or {}).get(label, m.get("source"))
+    metrics = {**first, "models": models, "reference": "each run's own"}
+    return {"name": " vs ".join(names), "kind": "eval", "metrics": metrics, "config": {"models": sources}}
+
+
+def write_report(ws: Workspace, run_name: str | list[str], out: str | Path | None = None) -> dict[str, str]:
+    """Writes RUN's HTML report (default: the run's folder / report.html) and report.md beside it.
+    Several eval run names give one comparison report (default: artifacts/reports/compare-...)."""
+    names = [run_name] if isinstance(run_name, str) else list(run_name)
+    run = get_run(ws, names[0]) if len(names) == 1 else combined_run(ws, names)
     rows = comparison_rows(run.get("metrics") or {}) if run["kind"] == "eval" else []
-    default_dir = Path(run["output_dir"]) if run.get("output_dir") else ws.artifacts / "reports"
-    out_path = Path(out) if out else ws.resolve(default_dir) / "report.html"
+    if run.get("output_dir"):
+        default = ws.resolve(run["output_dir"]) / "report.html"
+    else:
+        slug = "-".join(re.sub(r"[^\w.-]+", "_", n) for n in names)[:120]
+        default = ws.artifacts / "reports" / (f"compare-{slug}.html" if len(names) > 1 else f"{slug}.html")
+    out_path = Path(out) if out else default
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(render_html(run, rows, figures_for(ws, run)))
     md_path = out_path.with_suffix(".md")

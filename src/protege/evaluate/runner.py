@@ -5,7 +5,8 @@ few-shot examples); local models (registry names, folders, adapter folders, trai
 are each started with `protege serve` and called with the official openai client using the short
 student prompt. Label tasks use constrained choice, so every model answers with a label and the
 comparison measures knowledge, not formatting luck. Requests go one at a time so latency is the
-per-request figure a user of a single endpoint sees.
+per-request figure a user of a single endpoint sees; an adapter is served merged into its base
+(`protege serve --merge`), as one student is deployed.
 
 Results are an eval run (runs table, kind=eval): the summary in `metrics`, per-record predictions
 under the run's output folder, so any two eval runs over the same dataset can be compared.
@@ -187,7 +188,10 @@ def predict(
         )
     from protege.serve.launch import ServerProcess
 
-    with ServerProcess(spec.path, workspace=workspace_root) as srv:
+    # an adapter is served folded into its base, as a single student is deployed (PEFT's separate
+    # LoRA matmuls would add ~20% to every request on CPU)
+    merge = ["--merge"] if (Path(spec.path) / "adapter_config.json").exists() else []
+    with ServerProcess(spec.path, workspace=workspace_root, extra_args=merge) as srv:
         client = _client(srv.base_url, None)
         return _predict_all(
             spec,

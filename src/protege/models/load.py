@@ -30,6 +30,38 @@ PLAIN_CHAT_TEMPLATE = (
 )
 
 
+DEFAULT_SYSTEM_MARK = "{#- protege: default system prompt -#}"
+
+
+def with_default_system(template: str, system: str) -> str:
+    """`template` with `system` as the system message of every conversation that brings none.
+
+    Chat templates often add their own default system turn (SmolLM2's is ~16 tokens of "You are a
+    helpful AI assistant named SmolLM..."); a student trained on bare messages gains nothing from
+    it but pays for it on every request. The student's tokenizer carries this wrapped template, so
+    training, serving and merged exports all render the same prompt while clients still send just
+    the user message. Works for any template that honours a leading system message."""
+    if template.startswith(DEFAULT_SYSTEM_MARK):
+        template = template.split("\n", 2)[2]
+    literal = json.dumps(system)  # a JSON string literal is a valid Jinja string literal
+    return (
+        f"{DEFAULT_SYSTEM_MARK}\n"
+        "{%- if messages and messages[0]['role'] != 'system' -%}"
+        f"{{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages -%}}"
+        "{%- endif -%}\n" + template
+    )
+
+
+def saved_chat_template(folder: Path) -> str | None:
+    """The chat template saved with a tokenizer in `folder` (chat_template.jinja or tokenizer_config)."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.exists():
+        return jinja.read_text()
+    config = folder / "tokenizer_config.json"
+    template = json.loads(config.read_text()).get("chat_template") if config.exists() else None
+    return template if isinstance(template, str) else None
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     name: str

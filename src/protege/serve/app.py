@@ -49,11 +49,15 @@ def build_engine(
     max_queue: int = 256,
     batch_wait_ms: float = 10.0,
     threads: int | None = None,
+    merge: bool = False,
 ) -> Engine:
     """The base answers to MODEL as given and to its resolved name; an adapter passed as MODEL is
-    served over its base and is the default model, under MODEL's name."""
+    served over its base and is the default model, under MODEL's name. `merge` folds that adapter
+    into the base weights (faster; the base is then not served)."""
     target = resolve_target(model)
     adapters = dict(adapters or {})
+    if merge and (not target.is_adapter or adapters):
+        raise UserError("--merge serves one adapter folded into its base: give an adapter as MODEL and no --adapter")
     if target.is_adapter:
         base = target.base
         names = [base.name, str(base.path)]
@@ -73,6 +77,7 @@ def build_engine(
         batch_wait_ms=batch_wait_ms,
         default_model=default,
         threads=threads,
+        merge=merge,
     )
 
 

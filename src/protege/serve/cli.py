@@ -39,6 +39,9 @@ def serve(
     ] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="Torch CPU threads (default: all cores).")] = None,
     access_log: Annotated[bool, typer.Option(help="Log every HTTP request.")] = False,
+    merge: Annotated[
+        bool, typer.Option(help="Fold the adapter given as MODEL into the base weights: ~20% faster, base not served.")
+    ] = False,
 ) -> None:
     """Serve MODEL (and adapters) behind OpenAI's /v1/chat/completions, /v1/completions and /v1/models."""
     from protege.log import console
@@ -53,6 +56,7 @@ def serve(
         max_queue=max_queue,
         batch_wait_ms=batch_wait_ms,
         threads=threads,
+        merge=merge,
     )
     names = ", ".join(c["id"] for c in engine.model_cards())
     console.print(f"[green]serving[/] {names} on http://{host}:{port}/v1 ({str(engine.dtype).replace('torch.', '')})")

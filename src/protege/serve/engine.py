@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from protege.errors import UserError
-from protege.models.load import ResolvedModel, load_tokenizer, pick_dtype, resolve_model
+from protege.models.load import ResolvedModel, load_tokenizer, pick_dtype, resolve_model, saved_chat_template
 from protege.serve.decode import Decoder, FinishEvent, Row, SamplingParams, TokenEvent
 
 
@@ -118,6 +118,7 @@ class Engine:
         batch_wait_ms: float = 10.0,
         default_model: str | None = None,
         threads: int | None = None,
+        merge: bool = False,
     ):
         import torch
         from transformers import AutoModelForCausalLM
@@ -130,6 +131,8 @@ class Engine:
         self.tokenizer = load_tokenizer(base)
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         self.adapters: dict[str, str] = {}
+        self.templates: dict[str, str] = {}
+        """Adapters whose saved tokenizer has a chat template of its own (a student's system prompt)."""
         self.decoder = Decoder(self.model, self.tokenizer, self._eos_ids())
         self.end_id = self.tokenizer.eos_token_id
         self.max_batch_size = max_batch_size
@@ -141,8 +144,12 @@ class Engine:
         self._cond = threading.Condition()
         self._closed = False
         self.metrics = Metrics(lambda: len(self._pending), lambda: self._inflight)
+        self.merged: str | None = None
+        """The adapter folded into the weights (--merge); the base is then not served."""
         for name, path in (adapters or {}).items():
             self._load_adapter(name, path)
+        if merge:
+            self.merged = self._merge()
         self.default_model = default_model or self.base_names[0]
         self._thread = threading.Thread(target=self._loop, name="protege-engine", daemon=True)
         self._thread.start()
@@ -160,13 +167,14 @@ class Engine:
         model = model or self.default_model
         if model in self.adapters:
             return model
-        if model in self.base_names:
+        if model in self.base_names and not self.merged:
             return None
         raise UnknownModel(model)
 
     def model_cards(self) -> list[dict[str, Any]]:
         """The base under each of its names (its cache path only when it has no other), then adapters."""
         shown = [n for i, n in enumerate(self.base_names) if i == 0 or not Path(n).is_absolute()]
+        shown = [] if self.merged else shown
         cards = [{"id": n, "object": "model", "created": self.created, "owned_by": "protege"} for n in shown]
         for name in self.adapters:
             cards.append(
@@ -182,6 +190,8 @@ class Engine:
 
     def _load_adapter(self, name: str, path: str | Path) -> None:
         """Runs at start-up or on the worker thread, between batches."""
+        if self.merged:
+            raise UserError(f"this server folded {self.merged!r} into its weights (--merge); it takes no more adapters")
         if name in self.adapters or name in self.base_names:
             raise UserError(f"adapter name {name!r} is already in use")
         resolved = resolve_model(str(path))
@@ -197,10 +207,24 @@ class Engine:
             self.model = PeftModel.from_pretrained(self.model, str(resolved.path), adapter_name=name).eval()
             self.decoder.model = self.model
         self.adapters[name] = str(resolved.path)
+        template = saved_chat_template(resolved.path)
+        if template and template != self.tokenizer.chat_template:
+            self.templates[name] = template
+
+    def _merge(self) -> str:
+        """Fold the one adapter into the base weights. PEFT's separate LoRA matmuls cost ~20% of a
+        short request on CPU (60 ms of 310 for the 135M model, 33 tokens); merged, the student runs
+        at the base's speed, but the server then answers only as that student."""
+        if len(self.adapters) != 1:
+            raise UserError(f"--merge serves exactly one adapter; {len(self.adapters)} were given")
+        self.model = self.model.merge_and_unload()
+        self.decoder.model = self.model
+        return next(iter(self.adapters))
 
     def _unload_adapter(self, name: str) -> None:
         self.model.delete_adapter(name)
         del self.adapters[name]
+        self.templates.pop(name, None)
 
     @contextmanager
     def _using(self, adapter: str | None) -> Iterator[None]:
@@ -222,6 +246,8 @@ class Engine:
     async def unload_adapter(self, name: str) -> None:
         if name not in self.adapters:
             raise UnknownModel(name)
+        if name == self.merged:
+            raise UserError(f"{name!r} is folded into this server's weights (--merge) and cannot be unloaded")
         await self._admin(lambda: self._unload_adapter(name))
 
     async def _admin(self, action: Callable[[], Any]) -> None:
@@ -230,8 +256,12 @@ class Engine:
         await job.result()
 
     # ---- tokens -----------------------------------------------------------------------------------
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def chat_prompt(self, messages: list[dict[str, str]], adapter: str | None = None) -> list[int]:
+        """The prompt as the routed model was trained to see it: an adapter's own chat template if it has one."""
+        template = self.templates.get(adapter) if adapter else None
+        text = self.tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=True
+        )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def text_prompt(self, text: str) -> list[int]:

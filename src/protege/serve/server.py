@@ -152,7 +152,7 @@ def _v1_router(engine: Engine, api_key: str | None) -> APIRouter:
         adapter, name = _route(engine, body.model)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
         try:
-            prompt = engine.chat_prompt(messages)
+            prompt = engine.chat_prompt(messages, adapter)
         except Exception as e:  # the chat template rejects the conversation (e.g. roles out of order)
             raise APIError(400, f"messages: the chat template refused them ({e})", param="messages") from None
         if body.choices is not None:

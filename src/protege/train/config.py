@@ -83,6 +83,11 @@ class TrainConfig(Strict):
     """AdamW weight decay."""
     max_length: int = 512
     """Tokens per example; longer ones are cut (and counted in the run's `truncated` metric)."""
+    system_prompt: str | None = None
+    """System message of every prompt that brings none, baked into the saved tokenizer's chat
+    template so clients still send just their messages. None keeps the template's own default
+    (SmolLM2 adds a 16-token "You are a helpful AI assistant..." turn); "" gives an empty system
+    turn, which makes every request of a short-prompt student cheaper."""
     dtype: str = "auto"
     """auto (bf16 where the CPU/GPU supports it), float32, bfloat16 or float16."""
     seed: int = 0

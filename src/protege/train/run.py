@@ -65,7 +65,7 @@ def train(cfg: TrainConfig, workspace: Any = None, resume: bool = False) -> dict
     """Run a training job end to end; returns the metrics (also in output/metrics.json and the run row)."""
     from transformers import set_seed
 
-    from protege.models.load import load_tokenizer, resolve_model
+    from protege.models.load import load_tokenizer, resolve_model, with_default_system
     from protege.tasks import load_task
     from protege.train.data import load_conversations, tokenize_all
     from protege.train.loop import LoopInputs, run_loop
@@ -88,6 +88,8 @@ def train(cfg: TrainConfig, workspace: Any = None, resume: bool = False) -> dict
     )
     resolved = resolve_model(cfg.base)
     tok = load_tokenizer(resolved)
+    if cfg.system_prompt is not None:
+        tok.chat_template = with_default_system(tok.chat_template, cfg.system_prompt)
     examples, truncated = tokenize_all(tok, train_data.chats, cfg.max_length)
     if truncated:
         console.print(
