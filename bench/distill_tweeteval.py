@@ -96,6 +96,13 @@ def summary_lines(result: dict) -> list[str]:
             f"{m['prompt_tokens_mean']:.0f} | {m['latency_p50_ms']:,.0f} ms | "
             f"{m['score_vs_reference']:.2f}x, {m['speedup_vs_reference']:.1f}x |"
         )
+    models = result["models"]
+    if {"teacher", "student_teacher_labels", "student_gold_labels"} <= set(models):
+        distilled, gold = models["student_teacher_labels"], models["student_gold_labels"]
+        lines += ["", f"The student on teacher labels keeps {distilled['score_vs_reference']:.0%} of the teacher's "
+                  f"accuracy at {distilled['speedup_vs_reference']:.1f}x its speed; the same student on gold labels "
+                  f"scores {gold['score']:.3f}: the teacher's labels, not the student, bound what distillation "
+                  "reaches."]  # fmt: skip
     t = result["timings_s"]
     lines += ["", f"Distil {t['distill_s']:.0f} s, train {t['train_distilled_s']:.0f} + {t['train_gold_s']:.0f} s, "
               f"eval {t['eval_s']:.0f} s."]  # fmt: skip

@@ -55,9 +55,10 @@ class Task(Strict):
     """Few-shot examples, shown to teachers only."""
     examples_as: Literal["turns", "system"] = "turns"
     """turns: each example is a user/assistant exchange before the input (OpenAI-style few-shot);
-    system: the examples are listed in the system message. Small chat models copy the last turn:
-    on tweeteval the 135M teacher answered its last shot's label for 94% of tweets with turns
-    (accuracy 0.29) and scored 0.50 with the same eight examples in the system message."""
+    system: the examples are listed in the system message. Which works is task-dependent: the 135M
+    teacher scored 0.29 on tweeteval with eight examples as turns (it answered its last example's
+    label for 94% of tweets) and 0.47 with them in the system message, while on the demo's support
+    routing turns scored 0.54 and the system message 0.20. Measure both on a labelled sample."""
 
     @property
     def labels(self) -> list[str]:
