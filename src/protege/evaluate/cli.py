@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -98,4 +99,5 @@ def print_table(summary: dict[str, Any]) -> None:
     table = Table(*cols, title=f"{summary.get('run')}: {summary.get('data')} ({summary.get('n')} records)")
     for r in rows:
         table.add_row(*(fmt(r.get(c)) for c in cols))
-    Console().print(table)
+    # piped or logged, rich would squeeze the table into 80 columns and cut every figure short
+    Console(width=None if sys.stdout.isatty() else 200).print(table)

@@ -186,7 +186,10 @@ def fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1 else f"{value:.1f}" if abs(value) < 1000 else f"{value:,.0f}"
+        if abs(value) < 1:
+            return f"{value:.4f}"
+        # ratios (vs_ref 1.04, speedup 4.29) need their second decimal; milliseconds do not
+        return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}" if abs(value) < 1000 else f"{value:,.0f}"
     return str(value)
 
 
