@@ -114,10 +114,10 @@ def pairwise_win_rates(
     results: dict[str, dict[str, Any]],
 ) -> None:
     """Adds `judge` {win_rate vs the reference model, ...} to each other model's results."""
-    from protege.evaluate.runner import _safe, student_messages
+    from protege.evaluate.runner import file_safe, student_messages
 
     j = Judge(ws, judge)
-    answers = {label: _read_outputs(out_dir / f"predictions-{_safe(label)}.jsonl") for label in results}
+    answers = {label: _read_outputs(out_dir / f"predictions-{file_safe(label)}.jsonl") for label in results}
     for label in results:
         if label == reference:
             continue

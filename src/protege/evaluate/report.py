@@ -10,11 +10,11 @@ import base64
 import html
 import io
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from protege.errors import UserError
+from protege.evaluate.runner import file_safe
 from protege.workspace import Workspace
 
 
@@ -303,7 +303,7 @@ def write_report(ws: Workspace, run_name: str | list[str], out: str | Path | Non
     if run.get("output_dir"):
         default = ws.resolve(run["output_dir"]) / "report.html"
     else:
-        slug = "-".join(re.sub(r"[^\w.-]+", "_", n) for n in names)[:120]
+        slug = "-".join(file_safe(n) for n in names)[:120]
         default = ws.artifacts / "reports" / (f"compare-{slug}.html" if len(names) > 1 else f"{slug}.html")
     out_path = Path(out) if out else default
     out_path.parent.mkdir(parents=True, exist_ok=True)

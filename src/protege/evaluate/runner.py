@@ -335,7 +335,7 @@ def run_eval(
             cached = _find_cached(ws, key) if use_cache else None
             preds = cached[1] if cached else predict(spec, task, records, max_tokens, ws.root)
             results[spec.label] = _summarise(ws, spec, task, refs, preds, key, cached[0] if cached else None)
-            _write_predictions(out_dir / f"predictions-{_safe(spec.label)}.jsonl", records, refs, preds)
+            _write_predictions(out_dir / f"predictions-{file_safe(spec.label)}.jsonl", records, refs, preds)
         summary = _finish(ws, task, records, refs, specs, results, out_dir, judge, reference)
     except BaseException:
         ws.store.finish_run(name, "failed")
@@ -391,11 +391,12 @@ def _write_predictions(path: Path, records: list[Record], refs: list, preds: lis
 
 
 def load_predictions(run: dict[str, Any], label: str) -> list[dict[str, Any]]:
-    path = Path(run["output_dir"]) / f"predictions-{_safe(label)}.jsonl"
+    path = Path(run["output_dir"]) / f"predictions-{file_safe(label)}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _safe(label: str) -> str:
+def file_safe(label: str) -> str:
+    """A label or run name as a file-name part."""
     return re.sub(r"[^\w.-]+", "_", label)
 
 

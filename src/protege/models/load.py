@@ -52,16 +52,6 @@ def with_default_system(template: str, system: str) -> str:
     )
 
 
-def saved_chat_template(folder: Path) -> str | None:
-    """The chat template saved with a tokenizer in `folder` (chat_template.jinja or tokenizer_config)."""
-    jinja = folder / "chat_template.jinja"
-    if jinja.exists():
-        return jinja.read_text()
-    config = folder / "tokenizer_config.json"
-    template = json.loads(config.read_text()).get("chat_template") if config.exists() else None
-    return template if isinstance(template, str) else None
-
-
 @dataclass(frozen=True)
 class ResolvedModel:
     name: str

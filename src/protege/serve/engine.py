@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from protege.errors import UserError
-from protege.models.load import ResolvedModel, load_tokenizer, pick_dtype, resolve_model, saved_chat_template
+from protege.models.load import ResolvedModel, load_tokenizer, pick_dtype, resolve_model
 from protege.serve.decode import Decoder, FinishEvent, Row, SamplingParams, TokenEvent
 
 
@@ -207,7 +207,7 @@ class Engine:
             self.model = PeftModel.from_pretrained(self.model, str(resolved.path), adapter_name=name).eval()
             self.decoder.model = self.model
         self.adapters[name] = str(resolved.path)
-        template = saved_chat_template(resolved.path)
+        template = load_tokenizer(resolved).chat_template  # a trained student's system_prompt lives here
         if template and template != self.tokenizer.chat_template:
             self.templates[name] = template
 
