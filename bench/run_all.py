@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHES = ["serve", "distill", "train", "distill_tweeteval"]
+BENCHES = ["serve", "distill", "train", "distill_tweeteval", "demo"]
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
