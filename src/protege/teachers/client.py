@@ -110,7 +110,11 @@ def classify_error(exc: BaseException) -> tuple[bool, float | None, int | None]:
 
 
 class HttpTeacher:
-    """An OpenAI-compatible endpoint: OpenAI, vLLM, llama.cpp server, Ollama, `protege serve`."""
+    """An OpenAI-compatible endpoint: OpenAI, vLLM, llama.cpp server, Ollama, `protege serve`.
+
+    Constrained choice (`extra_body.choices`) is scored by the server, never tokenised here:
+    `protege serve` scores it with models/choice.py, the same scorer as LocalTeacher and training,
+    and the answer text goes through the task's one label parser (tasks.match_label) like any other."""
 
     def __init__(self, config: TeacherConfig, name: str = "teacher"):
         key = os.environ.get(config.api_key_env) if config.api_key_env else None
@@ -199,10 +203,10 @@ class LocalTeacher:
 
         with self._lock:
             model, tok = self._load()
-            ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
             choices = (params.get("extra_body") or {}).get("choices")
             if choices:
-                return _score_choices(model, tok, ids["input_ids"], choices)
+                return _score_choices(model, tok, messages, choices)
+            ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
             temperature = float(params.get("temperature") or 0.0)
             if params.get("seed") is not None:
                 torch.manual_seed(int(params["seed"]))
@@ -219,23 +223,16 @@ class LocalTeacher:
         self._loaded = None
 
 
-def _score_choices(model: Any, tok: Any, prompt_ids: Any, choices: list[str]) -> Completion:
-    """The choice with the highest log-likelihood after the prompt, end-of-turn token included
-    (the same rule `protege serve` uses for `extra_body.choices`)."""
-    import torch
+def _score_choices(model: Any, tok: Any, messages: list[dict[str, str]], choices: list[str]) -> Completion:
+    """The most likely choice by the one constrained-choice scorer (models/choice.py), which
+    `protege serve` runs for `extra_body.choices` too: same label tokens, same scores."""
+    from protege.models.choice import answer_tokens, best_choice, score_choices
 
-    scores = {}
-    end = tok.eos_token_id
-    for choice in choices:
-        cont = tok(choice, add_special_tokens=False)["input_ids"] + ([end] if end is not None else [])
-        ids = torch.cat([prompt_ids, torch.tensor([cont])], dim=1)
-        with torch.no_grad():
-            logits = model(input_ids=ids).logits.float()
-        logprobs = torch.log_softmax(logits[0, prompt_ids.shape[1] - 1 : -1], dim=-1)
-        scores[choice] = float(logprobs.gather(1, torch.tensor(cont)[:, None]).sum())
-    best = max(scores, key=scores.get)
-    raw = _raw("local", best) | {"choice_scores": scores}
-    return Completion(text=best, prompt_tokens=int(prompt_ids.shape[1]), completion_tokens=1, raw=raw)
+    scores = score_choices(model, tok, [messages], choices)[0].tolist()
+    best = best_choice(choices, scores)
+    prompt_ids, choice_ids = answer_tokens(tok, messages, [best])
+    raw = _raw("local", best) | {"choice_scores": dict(zip(choices, scores, strict=True))}
+    return Completion(text=best, prompt_tokens=len(prompt_ids), completion_tokens=len(choice_ids[0]), raw=raw)
 
 
 def _raw(model: str, text: str) -> dict[str, Any]:

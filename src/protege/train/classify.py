@@ -1,48 +1,23 @@
-"""Label tasks: score every label by log-likelihood (label tokens + end-of-turn token after the
-chat template's generation prompt, the same rule as `protege serve`'s constrained choice), so the
-student can never answer outside the label set; accuracy and macro-F1 from those choices.
-
-Scoring reuses packing: each (prompt, label) candidate is one example in a padding-free row, and
-only the label positions reach the vocabulary head.
+"""Label tasks: the student answers by constrained choice (every label scored by log-likelihood
+after the prompt, by the one scorer in models/choice.py that `protege serve` and in-process teachers
+use too), so it can never answer outside the label set; accuracy and macro-F1 from those choices.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
+from protege.models.choice import best_choice, score_choices
 
-from protege.train.data import Example, collate, tokenize_chat
-from protege.train.model import answer_logits, to_device
-
-
-def candidates(tok: Any, prompt: list[dict[str, str]], labels: list[str], max_length: int) -> list[Example]:
-    return [tokenize_chat(tok, prompt + [{"role": "assistant", "content": lab}], max_length) for lab in labels]
-
-
-@torch.inference_mode()
-def score_choices(
-    model: Any, tok: Any, prompts: list[list[dict[str, str]]], labels: list[str], max_length: int = 512, rows: int = 1
-) -> torch.Tensor:
-    """[len(prompts), len(labels)] summed log-probabilities. With one prompt per forward its candidates
-    share the whole prompt (collate's shared prefix): the prompt runs once, then only the label tokens."""
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(prompts), rows):
-        exs = [c for p in prompts[start : start + rows] for c in candidates(tok, p, labels, max_length)]
-        batch = to_device(collate(exs, packing=True), device)
-        logp = torch.log_softmax(answer_logits(model, batch), dim=-1)
-        tok_lp = logp.gather(1, batch["targets"][:, None]).squeeze(1)
-        sums = torch.zeros(len(exs), device=device).index_add_(0, batch["example"], tok_lp)
-        out.append(sums.view(-1, len(labels)).cpu())
-    return torch.cat(out)
+__all__ = ["label_metrics", "predict_labels", "score_choices"]
 
 
 def predict_labels(
     model: Any, tok: Any, prompts: list[list[dict[str, str]]], labels: list[str], **kw: Any
 ) -> list[str]:
+    """The most likely label for each chat prompt; `kw` goes to `score_choices` (max_length, batch)."""
     scores = score_choices(model, tok, prompts, labels, **kw)
-    return [labels[i] for i in scores.argmax(1).tolist()]
+    return [best_choice(labels, row) for row in scores.tolist()]
 
 
 def label_metrics(gold: list[str | None], pred: list[str], labels: list[str]) -> dict[str, float]:

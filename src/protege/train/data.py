@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from protege.errors import DataError, UserError
+from protege.models.choice import answer_tokens
 
 
 @dataclass
@@ -115,33 +116,20 @@ def _row_to_chat(row: dict[str, Any], task: Any | None, path: Path, lineno: int)
 
 
 # ---- tokenisation -------------------------------------------------------------------------------
-def end_of_turn_id(tok: Any) -> int:
-    """The token that closes an assistant turn (what generation must learn to emit to stop)."""
-    return int(tok.eos_token_id)
-
-
-def _ids(tok: Any, text: str) -> list[int]:
-    return list(tok(text, add_special_tokens=False)["input_ids"])
-
-
 def tokenize_chat(tok: Any, messages: list[dict[str, str]], max_length: int) -> Example:
     """Template the chat; train on every assistant turn's tokens up to and including its
-    end-of-turn token (prefix tokenisation: the template of messages[:i] with the generation prompt
-    is a token prefix of messages[:i+1]). Too long: the prompt loses its oldest tokens first, so the
-    answer and its end-of-turn token survive; `truncated` records it."""
-    eot = end_of_turn_id(tok)
+    end-of-turn token, located by the one answer-token rule (models/choice.py's `answer_tokens`,
+    which constrained-choice scoring uses too, so a label is scored as it was trained). Too long:
+    the prompt loses its oldest tokens first, so the answer and its end-of-turn token survive;
+    `truncated` records it."""
     ids: list[int] = []
     trained: list[bool] = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        head = _ids(tok, tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
-        upto = _ids(tok, tok.apply_chat_template(messages[: i + 1], tokenize=False))
-        if upto[: len(ids)] != ids or head[: len(ids)] != ids or upto[: len(head)] != head:
+        head, (answer,) = answer_tokens(tok, messages[:i], [m["content"]])
+        if head[: len(ids)] != ids:
             raise DataError("the chat template is not prefix-stable; cannot locate assistant tokens")
-        answer = upto[len(head) :]
-        # cut what the template adds after end-of-turn ("\n"): not worth learning; add eot if absent
-        answer = answer[: answer.index(eot) + 1] if eot in answer else answer + [eot]
         trained += [False] * (len(head) - len(ids)) + [True] * len(answer)
         ids = head + answer
     if not ids:
