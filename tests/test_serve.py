@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,10 +14,12 @@ import openai
 import pytest
 from openai import OpenAI
 
-from protege.errors import UserError
+from conftest import run_cli
+from protege.errors import ProtegeError, UserError
 from protege.serve.launch import ServerProcess
 
 KEY = "test-key-123"
+ADMIN = "admin-key-456"
 HELLO = [{"role": "user", "content": "Say something."}]
 
 
@@ -40,8 +43,18 @@ def adapters(tiny_model, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, adapters):
-    with ServerProcess(tiny_model, adapters={"lora-a": adapters["a"]}, api_key=KEY, extra_args=["--threads", "1"]) as s:
+def server(tiny_model, adapters, tmp_path_factory):
+    """The base and adapter `lora-a`, behind an API key; admin endpoints behind their own key,
+    loading from the adapters' folder only."""
+    allowed = str(adapters["a"].parent)
+    with ServerProcess(
+        tiny_model,
+        adapters={"lora-a": adapters["a"]},
+        api_key=KEY,
+        admin_key=ADMIN,
+        extra_args=["--threads", "1", "--adapter-dir", allowed],
+        workspace=tmp_path_factory.mktemp("ws"),
+    ) as s:
         yield s
 
 
@@ -214,10 +227,8 @@ def test_adapters_route_load_and_unload(server, client, tiny_model, adapters):
     base = greedy(client, "adapter check", str(tiny_model))
     lora_a = greedy(client, "adapter check", "lora-a")
     assert lora_a != base
-    headers = {"Authorization": f"Bearer {KEY}"}
-    loaded = httpx.post(
-        f"{server.base_url}/adapters", json={"name": "lora-b", "path": str(adapters["b"])}, headers=headers
-    )
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    loaded = httpx.post(f"{server.base_url}/adapters", json={"name": "lora-b", "path": "lora-b"}, headers=headers)
     assert loaded.status_code == 200, loaded.text
     assert "lora-b" in {m.id for m in client.models.list().data}
     lora_b = greedy(client, "adapter check", "lora-b")
@@ -315,7 +326,7 @@ def test_adapter_folder_and_run_name_as_model(ws, tiny_model, adapters, tmp_path
     run_dir = tmp_path / "ws" / "runs" / "my-run"
     shutil.copytree(adapters["a"], run_dir)
     ws.store.start_run("my-run", "train", {}, str(run_dir))
-    engine = build_engine("my-run", threads=1)
+    engine = build_engine("my-run", threads=1, workspace=ws)  # the workspace is passed in, not read from the CLI
     try:
         assert engine.route("my-run") == "my-run" and engine.adapters["my-run"] == str(run_dir)
     finally:
@@ -323,18 +334,19 @@ def test_adapter_folder_and_run_name_as_model(ws, tiny_model, adapters, tmp_path
 
 
 def test_merged_adapter_answers_as_the_adapter_and_hides_the_base(tiny_model, adapters):
+    from protege.models.choice import score_token_groups
     from protege.serve.app import build_engine
     from protege.serve.engine import UnknownModel
 
     name = str(adapters["a"])
-    prompt_and_choices = ([1, 2, 3, 4, 5], [[6], [7, 8], [9]])
+    prompt_and_choices = ([1, 2, 3, 4, 5], [[6, 0], [7, 8, 0], [9, 0]])
     scores = {}
     for merge in (False, True):
         engine = build_engine(name, threads=1, merge=merge)
         try:
             assert engine.route(None) == name
-            with engine._using(name):
-                scores[merge] = engine.decoder.score_choices(*prompt_and_choices, engine.end_id)
+            with engine.registry.using(name):
+                scores[merge] = score_token_groups(engine.model, [prompt_and_choices], engine.decoder.pad_id)[0]
         finally:
             engine.close()
     assert scores[True] == pytest.approx(scores[False], abs=1e-3)
@@ -347,6 +359,73 @@ def test_merged_adapter_answers_as_the_adapter_and_hides_the_base(tiny_model, ad
         engine.close()
     with pytest.raises(UserError, match="--merge"):
         build_engine(str(tiny_model), threads=1, merge=True)
+
+
+LABELS = ["anger", "joy", "optimism", "sadness"]
+ROWS = [
+    {"text": "I am so angry at this queue", "label": "anger"},
+    {"text": "what a lovely sunny day", "label": "joy"},
+    {"text": "tomorrow will be better, I know it", "label": "optimism"},
+    {"text": "I miss her so much", "label": "sadness"},
+]
+
+
+def test_an_adapter_in_a_dotted_folder_trains_serves_and_evaluates(ws, tiny_model, tmp_path):
+    """Paths with a dot (`mktemp -d`, `~/.cache`, `./runs/x`) used to become PEFT adapter names,
+    which torch refuses: `protege eval --models student=FOLDER` died at start-up."""
+    from protege.data.records import Record, save_dataset
+    from protege.train.config import TrainConfig
+    from protege.train.run import train
+
+    task = tmp_path / "emotion.yaml"
+    task.write_text(f"name: emotion\ninput: 'Tweet: {{{{ text }}}}'\noutput:\n  kind: label\n  labels: {LABELS}\n")
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS * 2))
+    folder = Path(tempfile.mkdtemp(prefix="tmp.", dir=tmp_path))  # named as `mktemp -d` names them
+    cfg = {"base": str(tiny_model), "task": str(task), "data": {"train": str(data)}, "method": "lora",
+           "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "batch_size": 4, "max_steps": 2,
+           "output": str(folder)}  # fmt: skip
+    train(TrainConfig.model_validate(cfg), ws)
+    assert "." in folder.name and (folder / "adapter_config.json").exists()
+    turns = [
+        [{"role": "user", "content": f"Tweet: {r['text']}"}, {"role": "assistant", "content": r["label"]}] for r in ROWS
+    ]
+    records = [
+        Record(messages=t, label=r["label"], metadata={"input": {"text": r["text"]}})
+        for t, r in zip(turns, ROWS, strict=True)
+    ]
+    save_dataset(ws.store, "emotion-test", records)
+    ws.store.close()
+
+    # the real path: `protege eval` starts `protege serve FOLDER --merge` as a child
+    proc = run_cli("--workspace", str(ws.root), "eval", str(task), "--data", "emotion-test",
+                   "--models", f"student={folder}", "--json", "--name", "dotted")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    student = json.loads(proc.stdout)["models"]["student"]
+    assert student["errors"] == 0 and sum(map(sum, student["confusion"]["matrix"])) == len(ROWS)
+    assert list((ws.root / "artifacts" / "logs").glob("serve-*.log")), "the child server's log is kept"
+
+    # unmerged, as MODEL and loaded at run time from a dotted folder under --adapter-dir
+    with ServerProcess(folder, admin_key=ADMIN, workspace=ws.root, extra_args=["--adapter-dir", str(tmp_path)]) as srv:
+        client = OpenAI(base_url=srv.base_url, api_key="none", max_retries=0, timeout=120)
+        first = client.chat.completions.create(model=str(folder), messages=HELLO, extra_body={"choices": LABELS})
+        assert first.choices[0].message.content in LABELS
+        loaded = httpx.post(f"{srv.base_url}/adapters", json={"name": "again.v2", "path": folder.name},
+                            headers={"Authorization": f"Bearer {ADMIN}"})  # fmt: skip
+        assert loaded.status_code == 200, loaded.text
+        again = client.chat.completions.create(model="again.v2", messages=HELLO, extra_body={"choices": LABELS})
+        assert again.model_extra["choice_scores"] == pytest.approx(first.model_extra["choice_scores"], abs=1e-4)
+
+
+def test_a_child_server_that_dies_at_start_up_shows_its_log(tmp_path):
+    root = tmp_path / "ws"
+    with pytest.raises(ProtegeError) as e:
+        ServerProcess("no-such-model-anywhere", workspace=root, startup_timeout=120).start()
+    logs = list((root / "artifacts" / "logs").glob("serve-*.log"))
+    assert len(logs) == 1 and "unknown model 'no-such-model-anywhere'" in logs[0].read_text()
+    message = str(e.value)
+    assert "exited with code 2 at start-up" in message and str(logs[0]) in message
+    assert "unknown model 'no-such-model-anywhere'" in message  # the child's own words, not just its exit code
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""The compute under the server: batched generation with a KV cache, and constrained-choice scoring.
+"""Batched generation with a KV cache, the server's decode loop (constrained-choice scoring is
+models/choice.py's, shared with training and teachers).
 
 Generation is a hand-written decode loop over the Hugging Face model (prefill, then one token per
 step with `past_key_values`) rather than `model.generate`, because the server needs per-row sampling
@@ -17,14 +18,13 @@ from typing import Any
 
 import torch
 
+from protege.models.prefix import shared_head_cache
 from protege.serve.jsonmode import JsonPrefix
 
 GREEDY_BELOW = 1e-5
 """Temperatures below this are greedy (argmax), as OpenAI treats temperature 0."""
 JSON_CANDIDATES = 64
 """How many of a JSON row's most likely tokens are checked against the JSON prefix automaton."""
-SHARED_PREFIX_MIN = 8
-"""A batch's common prompt head shorter than this is not worth a separate pass."""
 
 
 @dataclass
@@ -127,7 +127,7 @@ class Decoder:
         would have alone."""
         from transformers import DynamicCache
 
-        cache, head = self._shared_head_cache(prompts)
+        cache, head = shared_head_cache(self.model, prompts)
         cache = cache if cache is not None else DynamicCache(config=self.model.config)
         tails = [p[head:] for p in prompts]
         tail_mask = _left_pad_mask(tails)
@@ -228,121 +228,6 @@ class Decoder:
         text = self.tok.decode(row.generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         stop_at = _find_stop(text, row.params.stop, 0)
         return text[:stop_at] if stop_at is not None else text
-
-    # ---- constrained choice ---------------------------------------------------------------------
-    @torch.inference_mode()
-    def score_choices(self, prompt_ids: list[int], choices: list[list[int]], end_id: int) -> list[float]:
-        """Log-likelihood of each choice's tokens plus the end-of-turn token after one prompt."""
-        return self.score_choice_groups([(prompt_ids, choices)], end_id)[0]
-
-    @torch.inference_mode()
-    def score_choice_groups(self, groups: list[tuple[list[int], list[list[int]]]], end_id: int) -> list[list[float]]:
-        """Scores for several requests in ONE forward pass over the model.
-
-        Each row is [left pads, prompt, every choice's tokens side by side]. A 4D attention mask
-        lets a choice's tokens see the prompt and their own earlier tokens only, and their position
-        ids restart at the prompt's end, so each choice is scored exactly as if it followed the
-        prompt alone (a tree of continuations, as in speculative decoding's tree attention). The
-        prompt's last logits score every choice's first token; the choice tokens' logits score the
-        rest and the end of turn. Scoring the choices in a second pass over a cache repeated per
-        choice cost the 135M student ~190 ms a request, a third of its latency; here the choices
-        add a few tokens to one pass. A batch's common head (few-shot prompts) runs once first."""
-        cache, head = self._shared_head_cache([p for p, _ in groups])
-        rows = [_ChoiceRow(prompt[head:], choices) for prompt, choices in groups]
-        tail = max(len(r.tail) for r in rows)
-        width = max(r.width for r in rows)
-        ids = torch.full((len(rows), tail + width), self.pad_id, dtype=torch.long)
-        positions = torch.zeros_like(ids)
-        allowed = torch.zeros((len(rows), tail + width, head + tail + width), dtype=torch.bool)
-        allowed[:, :, :head] = True
-        for i, row in enumerate(rows):
-            row.fill(ids[i], positions[i], allowed[i, :, head:], tail, head)
-        dtype = self.model.dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask.unsqueeze(1),
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=cache is not None,
-            logits_to_keep=width + 1,
-        )
-        logprobs = torch.log_softmax(out.logits.float(), -1)
-        return [row.scores(logprobs[i], end_id) for i, row in enumerate(rows)]
-
-    def _shared_head_cache(self, prompts: list[list[int]]) -> tuple[Any, int]:
-        """(cache holding the batch's common prompt head once per row, its length), or (None, 0)."""
-        head = self._shared_head(prompts)
-        if not head:
-            return None, 0
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        ids = torch.tensor([prompts[0][:head]])
-        ones = torch.ones((1, head), dtype=torch.long)
-        self.model(input_ids=ids, attention_mask=ones, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache.batch_repeat_interleave(len(prompts))
-        return cache, head
-
-    @staticmethod
-    def _shared_head(prompts: list[list[int]]) -> int:
-        """Length of the prompts' common head worth running once (never a whole prompt)."""
-        if len(prompts) < 2:
-            return 0
-        head = min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)
-        return head if head >= SHARED_PREFIX_MIN else 0
-
-
-@dataclass
-class _ChoiceRow:
-    """One request's prompt tail and choices, laid out as one row of the tree-scoring pass."""
-
-    tail: list[int]
-    choices: list[list[int]]
-
-    @property
-    def width(self) -> int:
-        return max(1, sum(len(c) for c in self.choices))
-
-    def fill(self, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, tail: int, head: int) -> None:
-        """Write this row's tokens, positions and who-sees-whom (`allowed`: query x key, keys after
-        the shared head); the tail ends at column `tail`, the choices follow it."""
-        n, start = len(self.tail), tail - len(self.tail)
-        ids[start:tail] = torch.tensor(self.tail, dtype=torch.long)
-        positions[start:tail] = head + torch.arange(n)
-        allowed[start:tail, start:tail] = torch.ones((n, n), dtype=torch.bool).tril()
-        col = tail
-        for choice in self.choices:
-            k = len(choice)
-            if not k:
-                continue
-            ids[col : col + k] = torch.tensor(choice, dtype=torch.long)
-            positions[col : col + k] = head + n + torch.arange(k)
-            allowed[col : col + k, start:tail] = True
-            allowed[col : col + k, col : col + k] = torch.ones((k, k), dtype=torch.bool).tril()
-            col += k
-        allowed.diagonal().fill_(True)  # pads see themselves: a row of the mask with no key gives NaN
-
-    def scores(self, logprobs: torch.Tensor, end_id: int) -> list[float]:
-        """Each choice's tokens plus the end of turn: logprobs[0] follows the prompt, logprobs[1 + j]
-        follows the j-th choice token of the row."""
-        out, col = [], 0
-        for choice in self.choices:
-            targets = choice + [end_id]
-            total = logprobs[0, targets[0]].item()
-            for j, token in enumerate(targets[1:]):
-                total += logprobs[1 + col + j, token].item()
-            out.append(total)
-            col += len(choice)
-        return out
-
-
-def _common_prefix(prompts: list[list[int]]) -> int:
-    first = prompts[0]
-    n = min(len(p) for p in prompts)
-    for p in prompts[1:]:
-        n = next((i for i in range(n) if p[i] != first[i]), n)
-    return n
 
 
 def _left_pad_mask(prompts: list[list[int]]) -> torch.Tensor:

@@ -164,3 +164,15 @@ class ErrorBody(BaseModel):
 
 def error_payload(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": ErrorBody(message=message, type=type_, param=param, code=code).model_dump()}
+
+
+class APIError(Exception):
+    """Leaves the server as OpenAI's error JSON with this HTTP status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    @property
+    def type(self) -> str:
+        return "invalid_request_error" if 400 <= self.status < 500 else "server_error"

@@ -18,11 +18,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from protege.errors import UserError
+from protege.errors import DataError
+from protege.models.choice import best_choice
+from protege.serve.admin import AdminPolicy, admin_router
 from protege.serve.decode import FinishEvent, SamplingParams, TokenEvent
 from protege.serve.engine import Engine, Job, QueueFull, UnknownModel
+from protege.serve.limits import DEFAULT_MAX_BODY_MB, BodyLimit
 from protege.serve.protocol import (
-    AdapterRequest,
+    APIError,
     ChatChoice,
     ChatChunk,
     ChatCompletion,
@@ -38,19 +41,14 @@ DEFAULT_MAX_TOKENS = 4096
 """Cap on generated tokens when a request gives no max_tokens (the context window caps it too)."""
 
 
-class APIError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    @property
-    def type(self) -> str:
-        return {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error"}.get(
-            self.status, "server_error"
-        )
-
-
-def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
+def create_app(
+    engine: Engine,
+    api_key: str | None = None,
+    admin: AdminPolicy | None = None,
+    max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 2**20),
+) -> FastAPI:
+    """The app: /health, /metrics, the OpenAI routes under /v1 (behind `api_key` when given) and,
+    only with an `admin` policy (its own key), the adapter routes (admin.py)."""
     app = FastAPI(title="protege serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
     _install_errors(app)
@@ -60,7 +58,10 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
     async def health() -> dict[str, Any]:
         return {"status": "ok", "models": [c["id"] for c in engine.model_cards()], "inflight": engine.inflight}
 
+    if admin is not None:
+        app.include_router(admin_router(engine, admin), prefix="/v1")
     app.include_router(_v1_router(engine, api_key), prefix="/v1")
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app
 
 
@@ -131,22 +132,6 @@ def _v1_router(engine: Engine, api_key: str | None) -> APIRouter:
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": engine.model_cards()}
 
-    @router.post("/adapters")
-    async def load_adapter(body: AdapterRequest) -> dict[str, Any]:
-        try:
-            await engine.load_adapter(body.name, body.path)
-        except UserError as e:
-            raise APIError(400, str(e), param="path") from None
-        return {"id": body.name, "object": "model", "parent": engine.base_names[0], "path": engine.adapters[body.name]}
-
-    @router.delete("/adapters/{name:path}")
-    async def unload_adapter(name: str) -> dict[str, Any]:
-        try:
-            await engine.unload_adapter(name)
-        except UnknownModel:
-            raise APIError(404, f"no adapter named {name!r} is loaded", param="name", code="model_not_found") from None
-        return {"id": name, "object": "model", "deleted": True}
-
     @router.post("/chat/completions")
     async def chat(body: ChatCompletionRequest) -> Any:
         adapter, name = _route(engine, body.model)
@@ -156,8 +141,7 @@ def _v1_router(engine: Engine, api_key: str | None) -> APIRouter:
         except Exception as e:  # the chat template rejects the conversation (e.g. roles out of order)
             raise APIError(400, f"messages: the chat template refused them ({e})", param="messages") from None
         if body.choices is not None:
-            _check_context(engine, prompt, 1, "messages")
-            return await _choose(engine, adapter, name, prompt, body.choices)
+            return await _choose(engine, adapter, name, messages, body.choices)
         params = _sampling(engine, body, prompt, "messages")
         params.logprobs, params.top_logprobs = body.logprobs, body.top_logprobs or 0
         params.json_mode = body.response_format is not None and body.response_format.type == "json_object"
@@ -230,18 +214,26 @@ def _submit(engine: Engine, adapter: str | None, prompt: list[int], params: Samp
         raise APIError(503, f"the server is busy: {e}; retry shortly", code="queue_full") from None
 
 
-async def _choose(engine: Engine, adapter: str | None, name: str, prompt: list[int], choices: list[str]) -> Any:
-    """Constrained choice: the most likely choice as the message, every score in `choice_scores`."""
+async def _choose(
+    engine: Engine, adapter: str | None, name: str, messages: list[dict[str, str]], choices: list[str]
+) -> Any:
+    """Constrained choice: the most likely choice as the message, every score in `choice_scores`.
+    Choices are tokenised and scored by models/choice.py, the rule training and teachers use."""
     try:
-        scores = await engine.score_choices(adapter, prompt, choices)
+        prompt, encoded = engine.choice_prompt(messages, choices, adapter)
+    except DataError as e:
+        raise APIError(400, f"choices: {e}", param="choices") from None
+    _check_context(engine, prompt, max(len(c) for c in encoded), "messages")
+    try:
+        scores = await engine.score_choices(adapter, prompt, encoded)
     except QueueFull as e:
         raise APIError(503, f"the server is busy: {e}; retry shortly", code="queue_full") from None
-    best = max(range(len(choices)), key=lambda i: scores[i])
-    message = {"role": "assistant", "content": choices[best]}
+    best = best_choice(choices, scores)
+    message = {"role": "assistant", "content": best}
     return ChatCompletion(
         model=name,
         choices=[ChatChoice(index=0, message=message, finish_reason="stop")],
-        usage=Usage.of(len(prompt), len(engine.encode(choices[best])) + 1),
+        usage=Usage.of(len(prompt), len(encoded[choices.index(best)])),
         choice_scores=dict(zip(choices, scores, strict=True)),
     ).model_dump(exclude_none=True)
 
