@@ -15,9 +15,8 @@ from typing import Any
 import jsonschema
 import numpy as np
 
-from protege.data.text import rouge_l, words
-
-__all__ = ["rouge_l"]  # re-exported: the text score of an evaluation
+from protege.data.text import rouge_l as rouge_l  # re-exported: the text score of an evaluation
+from protege.data.text import words
 
 INVALID = "(invalid)"
 """Column of the confusion matrix for answers that name no label."""
