@@ -29,6 +29,7 @@ from protege.data.records import Record, get_dataset, load_records
 from protege.errors import DataError, UserError
 from protege.evaluate import metrics as M
 from protege.log import console, progress
+from protege.names import check_name
 from protege.tasks import Task
 from protege.workspace import Workspace
 
@@ -312,7 +313,7 @@ def run_eval(
     if missing := [i for i, r in enumerate(refs) if r is None]:
         raise DataError(f"dataset {data!r}: record {missing[0]} has no reference answer ({len(missing)} in all)")
     max_tokens = max_tokens or (16 if task.output.kind == "label" else 256)
-    name = name or f"eval-{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = check_name(name or f"eval-{task.name}-{time.strftime('%Y%m%d-%H%M%S')}", "eval name")
     out_dir = ws.artifacts / "evals" / name
     out_dir.mkdir(parents=True, exist_ok=True)
     config = {

@@ -65,6 +65,7 @@ def train(cfg: TrainConfig, workspace: Any = None, resume: bool = False) -> dict
     from transformers import set_seed
 
     from protege.models.load import load_tokenizer, resolve_model, with_default_system
+    from protege.names import check_name
     from protege.tasks import load_task
     from protege.train.data import load_conversations, tokenize_all
     from protege.train.loop import LoopInputs, run_loop
@@ -72,6 +73,7 @@ def train(cfg: TrainConfig, workspace: Any = None, resume: bool = False) -> dict
     from protege.workspace import open_workspace
 
     ws = workspace or open_workspace()
+    check_name(cfg.run_name, "run name")
     acc = _accelerator()
     torch.set_num_threads(_threads(cfg))
     set_seed(cfg.seed)
