@@ -155,6 +155,16 @@ def host_info() -> dict[str, Any]:
     return info
 
 
+def describe_host(info: dict[str, Any]) -> str:
+    """`host_info()` in words, for model cards and bench summaries: whether bf16 was native is a
+    property of the host, never of the project."""
+    if info.get("device", "cpu") != "cpu":
+        return str(info["device"])
+    bf16 = "with" if info.get("cpu_bf16") else "without"
+    forced = f", {ENV_CPU_BF16}={info[ENV_CPU_BF16]}" if info.get(ENV_CPU_BF16) else ""
+    return f"CPU {bf16} AVX512-BF16/AMX, {info.get('threads')} threads{forced}"
+
+
 def bf16_matmul_emulation() -> Any:
     """A TorchDispatchMode that runs bf16 matrix products as float32 products of the same
     bf16-rounded operands, rounding the result to bf16. On a CPU without AVX512-BF16, PyTorch's

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from protege.models.precision import describe_host
 from protege.train.config import TrainConfig
 
 
@@ -51,24 +52,18 @@ def write_outputs(
         tok.save_pretrained(str(merged))
 
 
-def _host(metrics: dict[str, Any]) -> str:
-    host = metrics.get("host") or {}
-    if host.get("device", "cpu") != "cpu":
-        return str(host["device"])
-    return f"CPU {'with' if host.get('cpu_bf16') else 'without'} AVX512-BF16/AMX, {host.get('threads')} threads"
-
-
 def model_card(
     cfg: TrainConfig, metrics: dict[str, Any], train_data: Any, eval_data: Any, teacher_terms: list[str]
 ) -> str:
     terms = sorted(set(teacher_terms) | set(train_data.source.get("terms") or []))
     shown = {k: v for k, v in metrics.items() if k != "history"}
+    host = describe_host(metrics.get("host") or {})
     lines = [
         f"# {cfg.run_name}",
         "",
         f"Fine-tuned from `{cfg.base}` with protege (`{cfg.method}`).",
         "",
-        f"Precision: `{metrics.get('precision')}` (config `dtype: {cfg.dtype}`; host: {_host(metrics)}).",
+        f"Precision: `{metrics.get('precision')}` (config `dtype: {cfg.dtype}`; host: {host}).",
         "",
         "## Data",
         "",
