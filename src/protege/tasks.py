@@ -31,6 +31,8 @@ TEMPLATES = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, auto
 
 class OutputSpec(Strict):
     kind: Literal["label", "text", "json"] = "text"
+    """label: one of a fixed set (scored by accuracy / macro-F1); text: free text; json: a JSON value
+    valid against `schema`."""
     labels: list[str] | None = None
     """The fixed label set, for kind: label."""
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
@@ -47,16 +49,20 @@ class OutputSpec(Strict):
 
 class Example(Strict):
     input: dict[str, Any]
+    """The input record's fields, rendered through the task's `input` template."""
     output: Any
+    """The answer the teacher should give (a label, text, or a JSON value)."""
 
 
 class Task(Strict):
     name: str
+    """The task's name: the default name of the datasets and eval runs made from it."""
     instructions: str = ""
     """The system prompt given to the teacher."""
     input: str = "{{ text }}"
     """Jinja template over the input record's fields."""
     output: OutputSpec = Field(default_factory=OutputSpec)
+    """What a valid answer is."""
     examples: list[Example] = Field(default_factory=list)
     """Few-shot examples, shown to teachers only."""
     examples_as: Literal["turns", "system"] = "turns"

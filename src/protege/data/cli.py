@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from protege.cli import JsonOpt, WorkspaceOpt
+from protege.cli_options import JsonOpt, WorkspaceOpt
 from protege.errors import UserError
 from protege.log import console
 from protege.names import name_option
@@ -77,7 +77,7 @@ def import_(
     as_json: JsonOpt = False,
 ) -> None:
     """Import a dataset file as a new version (all rows or nothing, unless --skip-invalid)."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.data.importers import InvalidData, import_file, parse_mapping
 
     ws = workspace(workspace_)
@@ -104,7 +104,7 @@ def validate(
     as_json: JsonOpt = False,
 ) -> None:
     """List every problem as file:line: field: what is wrong (exit 1 when there is any)."""
-    from protege.cli import print_json
+    from protege.cli_options import print_json
     from protege.data.importers import parse_mapping
     from protege.data.validate import summarise, validate_file
     from protege.errors import DataError
@@ -139,7 +139,7 @@ def export(
     workspace_: WorkspaceOpt = None,
 ) -> None:
     """Write a dataset in any import format, Parquet, or a datasets.Dataset folder (hf)."""
-    from protege.cli import workspace
+    from protege.cli_options import workspace
     from protege.data.export import export_dataset, parse_statuses
 
     statuses = parse_statuses(status)
@@ -160,7 +160,7 @@ def dedup(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove exact (normalised) and, with --near, near duplicates; writes a new version."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.data import quality
     from protege.data.records import load_records
 
@@ -199,7 +199,7 @@ def decontaminate(
     as_json: JsonOpt = False,
 ) -> None:
     """Drop training records that share an n-gram with the evaluation set; writes a new version."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.data import quality
     from protege.data.records import load_records
 
@@ -229,7 +229,7 @@ def split(
     """Stratified (per label), seeded train/val/test split; writes a new version."""
     from collections import Counter
 
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.data import quality
     from protege.data.records import load_records
 
@@ -259,7 +259,7 @@ def stats(
     as_json: JsonOpt = False,
 ) -> None:
     """Counts, label distribution and a length histogram (tokens with --model, else characters)."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.data.records import get_dataset, load_records
     from protege.data.report import dataset_stats, print_stats
 
@@ -283,7 +283,7 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """Browse records, optionally filtered."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.data import quality
     from protege.data.records import load_records
     from protege.data.report import print_records
@@ -309,7 +309,7 @@ def _key_value(text: str) -> tuple[str, str]:
 @data_app.command("list")
 def list_(workspace_: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     """Every dataset version: records, where it came from, its parents."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.data.records import list_datasets
     from protege.data.report import print_datasets
 

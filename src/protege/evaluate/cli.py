@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from protege.cli import JsonOpt, WorkspaceOpt
+from protege.cli_options import JsonOpt, WorkspaceOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -34,7 +34,7 @@ def eval_cmd(
     workspace_: WorkspaceOpt = None,
 ) -> None:
     """Score models on the same records through the same serving path; stores an eval run."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.evaluate.runner import parse_models, run_eval
     from protege.tasks import load_task
 
@@ -57,7 +57,7 @@ def report_cmd(
     workspace_: WorkspaceOpt = None,
 ) -> None:
     """Write one self-contained HTML report (plots embedded) and a Markdown summary."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.evaluate.report import write_report
     from protege.log import console
 
@@ -76,7 +76,7 @@ def demo_cmd(
     workspace_: WorkspaceOpt = None,
 ) -> None:
     """Distil a shipped task from a local teacher, train a LoRA student, evaluate and report."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.demo import DemoSettings, run_demo
 
     settings = DemoSettings(n_inputs=inputs, n_heldout=heldout, max_steps=max_steps, model=model)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from protege.cli import JsonOpt, WorkspaceOpt
+from protege.cli_options import JsonOpt, WorkspaceOpt
 from protege.names import name_option
 
 PANEL = "teachers"
@@ -32,7 +32,7 @@ def distill_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Run a teacher over a task's inputs: one record per input, cached, resumable."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.log import console
     from protege.tasks import load_task
     from protege.teachers.distill import distill
@@ -63,7 +63,7 @@ def self_instruct_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Stanford Alpaca's self-instruct: new instructions, filtered by ROUGE-L, each with an instance."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.log import console
     from protege.teachers.selfinstruct import self_instruct
 
@@ -85,7 +85,7 @@ def capture_cmd(
     workspace_: WorkspaceOpt = None,
 ) -> None:
     """A logging proxy: point clients at it; calls are logged to the workspace, keys never are."""
-    from protege.cli import workspace
+    from protege.cli_options import workspace
     from protege.log import console
     from protege.teachers.capture import serve_capture
 
@@ -109,7 +109,7 @@ def logs_list(
     from rich.console import Console
     from rich.table import Table
 
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.teachers.logs import list_calls
 
     calls = list_calls(workspace(workspace_).store, kind, tag, limit)
@@ -136,7 +136,7 @@ def logs_export(
     as_json: JsonOpt = False,
 ) -> None:
     """Captured calls -> a dataset (a correction from feedback replaces the answer)."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.log import console
     from protege.teachers.logs import export_logs
 
