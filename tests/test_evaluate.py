@@ -109,6 +109,7 @@ def _label_data(ws, task: Task, n: int = 6) -> str:
     return "route-test"
 
 
+@pytest.mark.slow  # over 10 s
 def test_label_eval_over_http(ws, tiny_model):
     from protege.config import TeacherConfig
     from protege.serve.launch import ServerProcess
@@ -145,6 +146,7 @@ def test_label_eval_over_http(ws, tiny_model):
     assert again["models"]["local"]["score"] == local["score"]
 
 
+@pytest.mark.slow  # over 10 s
 def test_text_eval_with_judge_and_cli(ws, tiny_model, tmp_path):
     """`protege eval` as a user runs it: a teacher from protege.yaml (also the judge) and a local model."""
     from protege.serve.launch import ServerProcess

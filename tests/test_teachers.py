@@ -358,6 +358,7 @@ def _metric(url: str, name: str) -> float:
     return 0.0
 
 
+@pytest.mark.slow  # over 10 s
 def test_real_protege_serve_teacher_sigkill_and_resume(ws, tmp_path, tiny_model):
     from protege.serve.launch import ServerProcess
 
