@@ -55,7 +55,7 @@ def test_emulated_bf16_matmul_matches_pytorchs_own(tiny_model):
     from protege.models.load import load_model
 
     model = load_model(str(tiny_model), dtype="float32", trainable=True)
-    ids = torch.randint(0, 5000, (2, 24), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
 
     def run(mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         model.zero_grad()

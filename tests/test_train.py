@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import run_cli
+from protege.errors import UserError
 from protege.train.config import TrainConfig
 
 LABELS = ["anger", "joy", "optimism", "sadness"]
@@ -301,6 +302,7 @@ def test_system_prompt_is_trained_saved_and_served(job, ws):
 
 
 # ---- precision ----------------------------------------------------------------------------------
+@pytest.mark.slow  # over 10 s
 def test_auto_on_a_bf16_host_is_mixed_precision_recorded_everywhere(job, ws, tmp_path, monkeypatch):
     """PROTEGE_CPU_BF16=1 makes this host act as one with AVX512-BF16: `auto` is then bf16-mixed
     (float32 weights, bf16 matmuls), which really changes the numbers a little and is written into
@@ -347,6 +349,7 @@ def test_kd_loss_sum_is_the_hand_computed_kl_plus_cross_entropy():
     assert kd_loss_sum(student, teacher, targets, t, alpha).item() == pytest.approx(want, rel=1e-6)
 
 
+@pytest.mark.slow  # over 10 s
 def test_kd_moves_the_student_towards_a_different_teacher(job, ws, tmp_path):
     """alpha 1: the loss is the KL to the teacher alone, no label is used. The student as its own
     teacher starts at KL 0 (nothing to learn: not a test of KD); a teacher fully fine-tuned on the
