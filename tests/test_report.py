@@ -82,7 +82,7 @@ def test_a_model_at_the_majority_baseline_is_called_out():
     assert notes[0].startswith("Majority baseline: always answering 'anger', the most frequent label of emotion-gold@1")
     assert notes[1] == (
         "student: accuracy 0.427 (0.370-0.483) is indistinguishable from the majority baseline's 0.417: "
-        "no evidence it learned more than the label counts."
+        "no evidence it knows more than the label counts."
     )
     assert [r["model"] for r in comparison_rows(summary)] == ["student", "majority (always 'anger')"]
 

@@ -211,12 +211,13 @@ def baseline_notes(summary: dict[str, Any]) -> list[str]:
             f"{majority['source']}: accuracy {majority['score']:.3f}, macro-F1 {majority['macro_f1']:.3f}."
         )
     for label, m in summary.get("models", {}).items():
-        if m.get("vs_majority") == "same as majority":
+        relation = m.get("vs_majority") if majority else None  # none in runs stored before the baseline
+        if relation == "same as majority":
             notes.append(
                 f"{label}: accuracy {m['score']:.3f} ({_ci(m['score_ci'])}) is indistinguishable from the majority "
-                f"baseline's {majority['score']:.3f}: no evidence it learned more than the label counts."
+                f"baseline's {majority['score']:.3f}: no evidence it knows more than the label counts."
             )
-        elif m.get("vs_majority") == "below":
+        elif relation == "below":
             notes.append(
                 f"{label}: accuracy {m['score']:.3f} is below the majority baseline's {majority['score']:.3f}."
             )
