@@ -51,8 +51,7 @@ def eval_cmd(
 ) -> None:
     """Score models on the same records through the same serving path; stores an eval run.
 
-    Label tasks get a majority-class row (always the most frequent training label); judge verdicts
-    that name no answer are counted as invalid, not as ties."""
+    Label tasks get a majority-class row; unreadable judge verdicts count as invalid, never as ties."""
     from protege.cli import print_json, workspace
     from protege.evaluate.runner import parse_models, run_eval
     from protege.tasks import load_task
