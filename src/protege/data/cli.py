@@ -16,6 +16,7 @@ from rich.markup import escape
 from protege.cli import JsonOpt, WorkspaceOpt
 from protege.errors import UserError
 from protege.log import console
+from protege.names import name_option
 
 data_app = typer.Typer(help="Datasets: import, validate, deduplicate, split, export, browse.", no_args_is_help=True)
 
@@ -31,7 +32,10 @@ MapOpt = Annotated[
 TaskOpt = Annotated[
     Path | None, typer.Option("--task", help="Task YAML: render the user turn from it, check labels against it.")
 ]
-NameOpt = Annotated[str | None, typer.Option("--name", help="Dataset name for the result [default: same name].")]
+NameOpt = Annotated[
+    str | None,
+    typer.Option("--name", help="Dataset name for the result [default: same name].", callback=name_option),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -62,7 +66,9 @@ def import_(
     file: Annotated[str, typer.Argument(help="File, datasets folder or hub id.")],
     fmt: FormatOpt = None,
     mapping: MapOpt = None,
-    name: Annotated[str | None, typer.Option("--name", help="Dataset name [default: the file's stem].")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Dataset name [default: the file's stem].", callback=name_option)
+    ] = None,
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Import the valid rows, report the rest.")
     ] = False,
@@ -122,14 +128,25 @@ def export(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file (folder for hf).")],
     split: Annotated[str | None, typer.Option("--split", help="Only this split.")] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            help="Review statuses to export: some of accepted,edited,pending,rejected, or all "
+            "[default: all but rejected].",
+        ),
+    ] = None,
     workspace_: WorkspaceOpt = None,
 ) -> None:
     """Write a dataset in any import format, Parquet, or a datasets.Dataset folder (hf)."""
     from protege.cli import workspace
-    from protege.data.export import export_dataset
+    from protege.data.export import export_dataset, parse_statuses
 
-    path = export_dataset(workspace(workspace_).store, name, fmt, out, split=split)
-    console.print(f"[green]exported[/] {name} -> {path}")
+    statuses = parse_statuses(status)
+    result = export_dataset(workspace(workspace_).store, name, fmt, out, split=split, statuses=statuses)
+    left = ", ".join(f"{n} {s}" for s, n in result["left_out"].items())
+    note = f" ({left} left out; --status all exports them)" if left else ""
+    console.print(f"[green]exported[/] {result['records']} records of {name} -> {result['path']}{note}")
 
 
 @data_app.command("dedup")

@@ -1,8 +1,8 @@
 """Metrics as pure functions over lists: the scores, their confidence intervals, speed and cost.
 
 Kept free of models, HTTP and the store so they can be checked against hand-computed values
-and reused by benchmarks. ROUGE-L is a lean LCS implementation (no extra dependency): the
-scorer packages pull in nltk and absl for one dynamic-programming loop.
+and reused by benchmarks. Words and ROUGE-L are protege.data.text's, shared with the data checks
+and self-instruct's novelty filter, so every stage compares texts the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from typing import Any
 
 import jsonschema
 import numpy as np
+
+from protege.data.text import rouge_l as rouge_l  # re-exported: the text score of an evaluation
+from protege.data.text import words
 
 # The label metrics and the bootstrap live in the base (protege.metrics), where training can use them
 # too; they are re-exported here so evaluation code and benchmarks find every metric in one place.
@@ -32,38 +35,8 @@ from protege.metrics import (  # noqa: F401
 
 
 # ---- text ------------------------------------------------------------------------------------------
-def _tokens(text: str) -> list[str]:
-    return re.findall(r"\w+", (text or "").lower())
-
-
-def _lcs(a: list[str], b: list[str]) -> int:
-    if not a or not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(reference: str, candidate: str) -> float:
-    """ROUGE-L F1 over lower-cased word tokens (longest common subsequence)."""
-    return rouge_l_tokens(_tokens(reference), _tokens(candidate))
-
-
-def rouge_l_tokens(ref: list[str], cand: list[str]) -> float:
-    """ROUGE-L F1 of two token lists (callers comparing against a pool tokenise once)."""
-    lcs = _lcs(ref, cand)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(cand), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
 def normalize_text(text: str) -> str:
-    return " ".join(_tokens(text))
+    return " ".join(words(text))
 
 
 def exact_match(reference: str, candidate: str) -> float:

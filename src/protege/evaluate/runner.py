@@ -31,6 +31,7 @@ from protege.evaluate.prompts import reference_of
 from protege.evaluate.scoring import majority_row, score, speed_and_cost
 from protege.evaluate.specs import ModelSpec, parse_models, resolve_spec  # noqa: F401 - parse_models: as above
 from protege.metrics import versus_majority
+from protege.names import check_name
 from protege.tasks import Task
 from protege.workspace import Workspace
 
@@ -67,7 +68,7 @@ def run_eval(
     if missing := [i for i, r in enumerate(refs) if r is None]:
         raise DataError(f"dataset {data!r}: record {missing[0]} has no reference answer ({len(missing)} in all)")
     max_tokens = max_tokens or (16 if task.output.kind == "label" else 256)
-    name = name or f"eval-{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = check_name(name or f"eval-{task.name}-{time.strftime('%Y%m%d-%H%M%S')}", "eval name")
     out_dir = ws.artifacts / "evals" / name
     out_dir.mkdir(parents=True, exist_ok=True)
     config = {

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from protege.cli import JsonOpt, WorkspaceOpt
+from protege.names import name_option
 
 PANEL = "teachers"
 
@@ -18,7 +19,9 @@ def distill_cmd(
     teacher: Annotated[str, typer.Option("--teacher", help="A teacher name from protege.yaml `teachers:`.")],
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight at once.")] = 4,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N inputs.")] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Dataset name (default: TASK-distilled).")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Dataset name (default: TASK-distilled).", callback=name_option)
+    ] = None,
     retries_invalid: Annotated[
         int | None,
         typer.Option(
@@ -53,7 +56,7 @@ def self_instruct_cmd(
     seeds: Annotated[Path, typer.Option("--seeds", help="Seed tasks (Alpaca seed_tasks.jsonl format).")],
     num: Annotated[int, typer.Option("--num", min=1, help="New tasks to generate.")],
     teacher: Annotated[str, typer.Option("--teacher", help="A teacher name from protege.yaml `teachers:`.")],
-    name: Annotated[str, typer.Option("--name", help="Dataset name.")] = "self-instruct",
+    name: Annotated[str, typer.Option("--name", help="Dataset name.", callback=name_option)] = "self-instruct",
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1)] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed: the same seed re-runs from the cache.")] = 0,
     workspace_: WorkspaceOpt = None,
@@ -126,7 +129,7 @@ def logs_list(
 
 @logs_app.command("export")
 def logs_export(
-    name: Annotated[str, typer.Option("--name", help="Dataset to create.")],
+    name: Annotated[str, typer.Option("--name", help="Dataset to create.", callback=name_option)],
     tag: Annotated[str | None, typer.Option("--tag", help="Only calls with this tag.")] = None,
     min_rating: Annotated[float | None, typer.Option("--min-rating", help="Only calls rated at least this.")] = None,
     workspace_: WorkspaceOpt = None,

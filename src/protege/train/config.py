@@ -88,8 +88,12 @@ class TrainConfig(Strict):
     template so clients still send just their messages. None keeps the template's own default
     (SmolLM2 adds a 16-token "You are a helpful AI assistant..." turn); "" gives an empty system
     turn, which makes every request of a short-prompt student cheaper."""
-    dtype: str = "auto"
-    """auto (bf16 where the CPU/GPU supports it), float32, bfloat16 or float16."""
+    dtype: Literal["auto", "float32", "bf16-mixed", "bfloat16"] = "auto"
+    """auto: bf16-mixed where the hardware has bf16 matmul (a CUDA GPU, a CPU with AVX512-BF16 or AMX),
+    else float32; PROTEGE_CPU_BF16=0 makes any CPU act as one without bf16. bf16-mixed: matmuls under
+    bf16 autocast, weights, norms and optimiser in float32 (accuracy of float32, speed of bf16).
+    bfloat16: the frozen base's weights in bf16 too (less memory; cost 5 points on tweeteval).
+    The precision actually used is recorded in metrics.json, the run record and the model card."""
     seed: int = 0
     """Seeds the shuffle, the adapter init and dropout."""
     eval_every: int | None = None

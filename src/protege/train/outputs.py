@@ -51,6 +51,13 @@ def write_outputs(
         tok.save_pretrained(str(merged))
 
 
+def _host(metrics: dict[str, Any]) -> str:
+    host = metrics.get("host") or {}
+    if host.get("device", "cpu") != "cpu":
+        return str(host["device"])
+    return f"CPU {'with' if host.get('cpu_bf16') else 'without'} AVX512-BF16/AMX, {host.get('threads')} threads"
+
+
 def model_card(
     cfg: TrainConfig, metrics: dict[str, Any], train_data: Any, eval_data: Any, teacher_terms: list[str]
 ) -> str:
@@ -60,6 +67,8 @@ def model_card(
         f"# {cfg.run_name}",
         "",
         f"Fine-tuned from `{cfg.base}` with protege (`{cfg.method}`).",
+        "",
+        f"Precision: `{metrics.get('precision')}` (config `dtype: {cfg.dtype}`; host: {_host(metrics)}).",
         "",
         "## Data",
         "",
