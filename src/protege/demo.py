@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -114,9 +115,25 @@ def teacher_endpoint(ws: Workspace, s: DemoSettings) -> Iterator[str]:
         return
     console.print(f"starting the local teacher: protege serve {s.model}")
     log = ws.artifacts / "demo" / "teacher.log"
-    with ServerProcess(s.model, workspace=ws.root, log_path=log) as srv:
+    last_port = ws.artifacts / "demo" / "teacher.port"
+    with ServerProcess(s.model, port=reusable_port(last_port), workspace=ws.root, log_path=log) as srv:
+        last_port.write_text(str(srv.port))
         ws.config.teachers[TEACHER] = teacher_config(srv.base_url, s.model)
         yield TEACHER
+
+
+def reusable_port(path: Path) -> int | None:
+    """The port the local teacher had in this workspace's last demo, when it is free again: the
+    teacher-call cache keys on the endpoint, port included, so a new port would re-ask every input
+    (and retrain the student on a new dataset version). None (any free port) otherwise."""
+    try:
+        port = int(path.read_text())
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+            sock.bind(("127.0.0.1", port))
+    except (OSError, ValueError):
+        return None
+    return port
 
 
 def teacher_config(base_url: str | None, model: str = BASE) -> TeacherConfig:
