@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -195,6 +196,11 @@ def test_distill_50_inputs_concurrency_8_rejects_invalid_and_reruns_free(ws, tmp
     assert get_dataset(ws.store, "emotion-distilled")["source"]["terms"] == terms
     statuses = dict(ws.store.query("SELECT status, COUNT(*) FROM calls WHERE kind='teacher' GROUP BY status"))
     assert statuses == {"ok": 49, "rejected": 3}
+    # a record's time is its call's stored time (a cache hit then reproduces it exactly)
+    stored = dict(ws.store.query("SELECT id, created_at FROM calls WHERE kind='teacher'"))
+    for r in records:
+        when = datetime.fromtimestamp(stored[r.provenance["call_id"]], UTC).isoformat(timespec="seconds")
+        assert r.provenance["time"] == when
     assert ws.store.get_run("distill-emotion-distilled")["status"] == "done"
 
 

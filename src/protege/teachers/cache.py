@@ -119,8 +119,11 @@ class CallCache:
         cost: float,
         tags: list[str],
         error: str | None = None,
+        created_at: float | None = None,
     ) -> int:
-        """One durable row per finished call (autocommit: SQLite syncs the WAL on commit)."""
+        """One durable row per finished call (autocommit: SQLite syncs the WAL on commit).
+        `created_at`: the caller's timestamp, so the live answer and a later cache hit carry the same
+        time (provenance records it; two clock reads a second apart made a cached re-run a new version)."""
         response = {"text": comp.text, "raw": comp.raw, "attempts": comp.attempts} if comp else None
         cur = self.store.execute(
             "INSERT INTO calls (kind, cache_key, model, request, response, status, error, prompt_tokens, "
@@ -138,7 +141,7 @@ class CallCache:
                 cost,
                 comp.latency_ms if comp else None,
                 dumps(tags),
-                time.time(),
+                time.time() if created_at is None else created_at,
             ),
         )
         return int(cur.lastrowid)
@@ -218,7 +221,8 @@ class TeacherSession:
         self.stats.prompt_tokens += comp.prompt_tokens
         self.stats.completion_tokens += comp.completion_tokens
         self.stats.cost += cost
-        call_id = self.cache.put(key, request, comp, cost, tags)
+        created_at = time.time()
+        call_id = self.cache.put(key, request, comp, cost, tags, created_at=created_at)
         return CallResult(
             text=comp.text,
             call_id=call_id,
@@ -227,6 +231,6 @@ class TeacherSession:
             completion_tokens=comp.completion_tokens,
             cost=cost,
             latency_ms=comp.latency_ms,
-            created_at=time.time(),
+            created_at=created_at,
             raw=comp.raw,
         )
