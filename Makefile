@@ -25,15 +25,28 @@ $(STAMP): requirements.lock pyproject.toml
 demo: setup
 	$(BIN)/protege demo
 
-# Chromium renders the HTML report in one test; installed here when missing (Debian package).
+# Chromium renders the HTML report in one test: Debian's `chromium` package, installed here when
+# missing (as root, or through sudo). Without it `make test` stops here rather than skip that test.
+BROWSERS := chromium chromium-browser google-chrome
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 browser:
-	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
-	  echo "browser: chromium not installed; the report-rendering test will skip")
+	@for b in $(BROWSERS); do command -v $$b >/dev/null 2>&1 && exit 0; done; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: chromium is missing and apt-get is not here to install it: install chromium" \
+	    "(Debian/Ubuntu package 'chromium'); the report-rendering test needs it" >&2; exit 1; fi; \
+	echo "browser: installing Debian's chromium package (apt-get)"; \
+	if ! { $(SUDO) apt-get update -qq && \
+	       $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; then \
+	  echo "make: could not install chromium with apt-get (see above): run" \
+	    "'$(strip $(SUDO) apt-get install chromium)' yourself; the report-rendering test needs it" >&2; exit 1; fi; \
+	command -v chromium >/dev/null 2>&1 || { echo "make: apt-get installed chromium but it is not on PATH" >&2; exit 1; }
 
 test: setup browser
 	$(BIN)/python -m pytest -q
 
+# No download at all (tiny local models only); tests that need chromium or ../shared/data skip
+# where those are absent (under CI=true a skip fails).
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 

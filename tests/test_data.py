@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, run_cli, shared_data
 from protege.data.export import EXPORT_FORMATS, export_records
 from protege.data.importers import InvalidData, convert_source, detect_format, import_file
-from protege.data.records import Record, list_datasets, load_records
+from protege.data.records import Record, get_dataset, list_datasets, load_records, save_dataset
 from protege.errors import UserError
 from protege.tasks import load_task
 
@@ -91,6 +91,8 @@ def _sample_records() -> list[Record]:
             metadata={"input": {"text": '"so happy", she said,\nand left', "id": 7}, "tags": ["a", "b"]},
             provenance={"teacher": "gpt", "cost": 0.001},
             review="accepted",
+            review_note="checked by hand, clearly joy",
+            reviewed_at=1712345678.25,
             split="train",
         ),
         Record(
@@ -138,7 +140,8 @@ def test_export_then_import_is_lossless(ws, tmp_path, fmt):
     assert info["n_records"] == len(records)
     for a, b in zip(records, back, strict=True):
         assert b.messages == a.messages
-        assert (b.label, b.metadata, b.review, b.split) == (a.label, a.metadata, a.review, a.split)
+        assert (b.label, b.metadata, b.split) == (a.label, a.metadata, a.split)
+        assert (b.review, b.review_note, b.reviewed_at) == (a.review, a.review_note, a.reviewed_at)
         assert a.provenance.items() <= b.provenance.items()  # plus the new source file and line
         assert b.provenance["source"] == str(out)
 
@@ -279,3 +282,77 @@ def test_examples_all_import(ws):
             assert info["n_records"] >= 2, path
     names = {d["name"] for d in list_datasets(ws.store)}
     assert {"alpaca_sample", "dolly_sample", "sharegpt_sample", "openai_chat_sample", "emotion_sample"} <= names
+
+
+# ---- versions and exports that lose nothing, and leak no rejects -------------------------------
+
+
+def test_a_resave_that_changes_only_review_data_or_provenance_is_a_new_version(ws):
+    records = _sample_records()
+    first = save_dataset(ws.store, "d", records)
+    assert save_dataset(ws.store, "d", _sample_records())["version"] == first["version"]  # same content
+
+    changes = [
+        {"review": "rejected"},
+        {"review_note": "wrong label"},
+        {"reviewed_at": 1712345999.0},
+        {"provenance": {"teacher": "other"}},
+        {"metadata": {"input": {"text": "x"}}},
+    ]
+    versions = [first["version"]]
+    for change in changes:
+        changed = [r.model_copy(update=change) if i == 1 else r for i, r in enumerate(_sample_records())]
+        info = save_dataset(ws.store, "d", changed)
+        versions.append(info["version"])
+        back = load_records(ws.store, f"d@{info['version']}")[1]
+        assert all(getattr(back, k) == v for k, v in change.items()), change  # stored, not dropped
+    assert versions == [1, 2, 3, 4, 5, 6]
+    # saving the first content again makes it the latest, rather than returning the old version 1
+    assert save_dataset(ws.store, "d", _sample_records())["version"] == 7
+    assert get_dataset(ws.store, "d")["hash"] == first["hash"]
+
+
+def _mixed_review_dataset(ws) -> None:
+    base = {"messages": [{"role": "user", "content": "Tweet: x"}, {"role": "assistant", "content": "joy"}]}
+    records = [
+        Record(**base, label="joy", review="accepted"),
+        Record(**base, label="joy", review="pending"),
+        Record(**base, label="joy", review="edited", review_note="fixed"),
+        Record(**{**base, "messages": [base["messages"][0], {"role": "assistant", "content": "Banana."}]},
+               review="rejected", provenance={"rejected_reason": "not one of the labels"}),
+    ]  # fmt: skip
+    save_dataset(ws.store, "mixed", records)
+
+
+def test_export_leaves_rejected_records_out_unless_asked(ws, tmp_path):
+    _mixed_review_dataset(ws)
+
+    def exported(*status: str) -> list[str]:
+        out = tmp_path / "out.jsonl"
+        r = run_cli("-w", str(ws.root), "data", "export", "mixed", "-f", "openai-chat", "-o", str(out), *status)
+        assert r.returncode == 0, r.stderr
+        return [json.loads(line).get("review", "pending") for line in out.read_text().splitlines()]
+
+    assert exported() == ["accepted", "pending", "edited"]
+    assert exported("--status", "all") == ["accepted", "pending", "edited", "rejected"]
+    assert exported("--status", "rejected") == ["rejected"]
+    assert exported("--status", "accepted,edited") == ["accepted", "edited"]
+    r = run_cli("-w", str(ws.root), "data", "export", "mixed", "-f", "csv", "-o", "x.csv", "--status", "approved")
+    assert r.returncode == 2 and "--status" in r.stderr
+
+
+def test_names_that_would_become_bad_paths_are_refused(ws, tmp_path):
+    from protege.names import InvalidName
+
+    records = _sample_records()
+    for bad in ["../evil", "a/b", "a\\b", "..", ".hidden", "", "tab\there", " padded"]:
+        with pytest.raises(InvalidName, match="dataset name"):
+            save_dataset(ws.store, bad, records)
+    assert list_datasets(ws.store) == []
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "hi", "label": "joy"}\n')
+    for bad in ["../../etc", ".x", "a/b"]:
+        r = run_cli("-w", str(ws.root), "data", "import", str(src), "--name", bad)
+        assert r.returncode == 2 and f"--name {bad!r} is not allowed" in r.stderr, r.stderr
+    assert list_datasets(ws.store) == []
+    assert save_dataset(ws.store, "tmp.abc-émotion_2", records)["version"] == 1  # dots inside, unicode: fine

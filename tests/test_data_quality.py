@@ -97,12 +97,12 @@ def test_stratified_split_is_proportional_and_reproducible():
         quality.stratified_split(records, val=0.6, test=0.5)
 
 
-def test_token_lengths_use_the_model_tokenizer(smollm_path):
+def test_token_lengths_use_the_model_tokenizer(tiny_model):
     from transformers import AutoTokenizer
 
     records = _records(_tweets(n=50))
-    stats = dataset_stats(records, model=str(smollm_path), max_length=40)
-    tok = AutoTokenizer.from_pretrained(str(smollm_path))
+    stats = dataset_stats(records, model=str(tiny_model), max_length=40)
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
     expected = [
         len(
             tok(
@@ -116,7 +116,7 @@ def test_token_lengths_use_the_model_tokenizer(smollm_path):
     assert lengths["over_max_length"] == [i for i, n in enumerate(expected) if n > 40]
     assert sum(h["count"] for h in lengths["histogram"]) == 50
     assert stats["labels"] == dict(Counter(r.label for r in records).most_common())
-    assert quality.context_window(tok, smollm_path) == 8192  # SmolLM2's, the default --max-length
+    assert quality.context_window(tok, tiny_model) == 1024  # the model config's, the default --max-length
 
 
 def test_cli_dedup_split_decontaminate_stats_show(ws, tmp_path):

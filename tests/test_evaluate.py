@@ -1,5 +1,6 @@
 """Evaluation: metric functions against hand-computed values, and real eval runs over HTTP against
-`protege serve` (tiny model) for a label task and a text task."""
+`protege serve` (tiny model) for a label task and a text task, and against a fake OpenAI-shaped
+judge that answers garbage."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from fake_openai import FakeOpenAI, last_user
 from protege.data.records import Record, save_dataset
-from protege.errors import UserError
+from protege.errors import DataError, UserError
 from protege.evaluate import metrics as M
-from protege.evaluate.judge import outcome, parse_verdict, win_rate
-from protege.evaluate.runner import load_predictions, parse_models, run_eval
-from protege.tasks import Task
+from protege.evaluate.answers import load_predictions
+from protege.evaluate.judge import INVALID, outcome, parse_verdict, win_rate
+from protege.evaluate.runner import run_eval
+from protege.evaluate.specs import ModelSpec, parse_models
+from protege.tasks import Task, load_task
+from protege.workspace import open_workspace
 
 # ---- metrics ---------------------------------------------------------------------------------------
 GOLD = ["a", "b", "a", "c"]
@@ -32,6 +37,56 @@ def test_accuracy_per_class_macro_f1():
     assert M.macro_f1(GOLD, PRED, ["a", "b", "c"]) == pytest.approx(7 / 9)
     with pytest.raises(ValueError, match="length mismatch"):
         M.accuracy(GOLD, PRED[:2])
+
+
+def test_macro_f1_is_one_rule_over_all_task_labels():
+    """Training's eval_macro_f1 and `protege eval` agree, also when a label is absent from the eval
+    records (it counts 0 for every model) and when an answer names no label."""
+    from sklearn.metrics import f1_score
+
+    from protege.train.classify import label_metrics
+
+    labels = ["a", "b", "c", "d"]  # "d" occurs in neither gold nor predictions
+    pred = ["a", None, "b", "c"]
+    # a: P 1 R 1/2 -> 2/3; b: P 0 -> 0; c: 1; d: 0 -> (2/3 + 0 + 1 + 0) / 4
+    assert M.macro_f1(GOLD, pred, labels) == pytest.approx((2 / 3 + 1) / 4)
+    # scikit-learn's default label set (those that occur) would give 7/9 here; the task's set gives 7/12
+    assert f1_score(GOLD, PRED, average="macro") == pytest.approx(7 / 9)
+    trained = label_metrics([*GOLD, None], [*PRED, "a"], labels)  # a record without gold is left out
+    assert trained == {"accuracy": 0.75, "macro_f1": pytest.approx(M.macro_f1(GOLD, PRED, labels))}
+    assert trained["macro_f1"] == pytest.approx(7 / 12)  # not 7/9: "d" is one of the task's labels
+
+
+def test_macro_f1_bootstrap_statistic_equals_macro_f1_on_each_resample():
+    import numpy as np
+
+    from protege.metrics import macro_f1_resampled
+
+    gold = ["a", "b", "c", "a", "b", "a", "c", "c"]
+    pred = ["a", "b", "b", None, "b", "c", "c", "zzz"]
+    labels = ["a", "b", "c", "d"]
+    idx = np.random.default_rng(3).integers(0, len(gold), (6, len(gold)))
+    got = macro_f1_resampled(gold, pred, labels)(idx)
+    want = [M.macro_f1([gold[i] for i in row], [pred[i] for i in row], labels) for row in idx]
+    assert got.tolist() == pytest.approx(want)
+    lo, hi = M.macro_f1_ci(gold, pred, labels)
+    assert lo < M.macro_f1(gold, pred, labels) < hi
+
+
+def test_majority_baseline():
+    train = ["b", "a", "b", None, "c", "b", "a", "x"]
+    gold = ["a", "b", "b", "c", "b"]
+    row = M.majority_baseline(train, gold, ["a", "b", "c"], "train-set@1")
+    # always "b": 3 of 5 right; F1(b) = 2*(3/5)*1/(3/5+1) = 3/4, a and c 0 -> macro 1/4
+    assert row["label"] == "b" and row["score"] == pytest.approx(0.6) and row["macro_f1"] == pytest.approx(0.25)
+    assert row["counted_on"] == 6 and row["source"] == "train-set@1"
+    assert row["score_ci"][0] <= 0.6 <= row["score_ci"][1]
+    # a tie goes to the label the task lists first, whatever the eval data holds
+    assert M.majority_baseline(["c", "a"], gold, ["a", "b", "c"], "t")["label"] == "a"
+    from protege.metrics import versus_majority
+
+    assert versus_majority([0.37, 0.48], 0.417) == "same as majority"
+    assert versus_majority([0.64, 0.74], 0.417) == "above" and versus_majority([0.1, 0.3], 0.417) == "below"
 
 
 def test_confusion_matrix_with_invalid_answers():
@@ -80,11 +135,18 @@ def test_latency_and_cost():
 
 
 def test_judge_verdicts_both_orders():
-    assert [parse_verdict(t) for t in ["A", "b.", "Tie", "Answer B is better", "??"]] == ["A", "B", "tie", "B", "tie"]
+    texts = ["A", "b.", "Tie", "Answer B is better", "??", "Both answers are good", "answer a or answer b", ""]
+    assert [parse_verdict(t) for t in texts] == ["A", "B", "tie", "B", INVALID, INVALID, INVALID, INVALID]
     # the model is A in the first order and B in the second: it wins only if preferred both times
     assert outcome("A", "B") == "win" and outcome("B", "A") == "loss" and outcome("A", "A") == "tie"
+    assert outcome("A", INVALID) == INVALID and outcome(INVALID, "tie") == INVALID
     wr = win_rate(["win", "win", "tie", "loss"])
     assert wr["win_rate"] == pytest.approx(2.5 / 4) and (wr["wins"], wr["losses"], wr["ties"]) == (2, 1, 1)
+    assert wr["invalid"] == 0 and wr["invalid_rate"] == 0.0
+    # an unreadable verdict is not half a win: it is left out, and counted
+    wr = win_rate(["win", INVALID, INVALID, "loss"])
+    assert wr["win_rate"] == 0.5 and wr["invalid"] == 2 and wr["judged"] == 4 and wr["invalid_rate"] == 0.5
+    assert win_rate([INVALID] * 3)["win_rate"] is None
 
 
 def test_parse_models():
@@ -98,6 +160,17 @@ def test_parse_models():
 LABELS = ["billing", "delivery"]
 
 
+def _stored_run(root: Path, name: str) -> dict:
+    """A run as a separate process (the CLI) stored it."""
+    from protege.store import Store
+
+    store = Store(root / "protege.db")
+    try:
+        return store.get_run(name)
+    finally:
+        store.close()
+
+
 def _label_data(ws, task: Task, n: int = 6) -> str:
     rows = [(f"message number {i} about a {'refund' if i % 2 else 'parcel'}", LABELS[i % 2]) for i in range(n)]
     records = [
@@ -109,7 +182,10 @@ def _label_data(ws, task: Task, n: int = 6) -> str:
     return "route-test"
 
 
+@pytest.mark.slow  # over 10 s
 def test_label_eval_over_http(ws, tiny_model):
+    from sklearn.metrics import f1_score
+
     from protege.config import TeacherConfig
     from protege.serve.launch import ServerProcess
 
@@ -122,22 +198,28 @@ def test_label_eval_over_http(ws, tiny_model):
         summary = run_eval(ws, task, data, {"teacher": "t", "local": str(tiny_model)}, name="ev1")
     teacher, local = summary["models"]["teacher"], summary["models"]["local"]
     assert summary["n"] == 6 and summary["reference"] == "teacher"
-    for res in (teacher, local):
-        assert 0.0 <= res["score"] <= 1.0 and res["score_ci"][0] <= res["score"] <= res["score_ci"][1]
+    run = ws.store.get_run("ev1")
+    assert run["kind"] == "eval" and run["status"] == "done" and run["metrics"]["models"]["local"] == local
+    for label, res in summary["models"].items():
+        preds = load_predictions(run, label)
+        assert len(preds) == 6 and all(p["prediction"] in LABELS for p in preds)  # constrained: always a label
+        # the prediction is the best-scored choice, and the figures are those of the stored answers
+        assert all(p["prediction"] == max(p["choice_scores"], key=p["choice_scores"].get) for p in preds)
+        gold, got = [p["reference"] for p in preds], [p["prediction"] for p in preds]
+        assert res["score"] == sum(g == p for g, p in zip(gold, got, strict=True)) / 6
+        assert res["macro_f1"] == pytest.approx(f1_score(gold, got, labels=LABELS, average="macro", zero_division=0))
+        assert res["score_ci"][0] <= res["score"] <= res["score_ci"][1]
         assert res["errors"] == 0 and res["latency_p95_ms"] >= res["latency_p50_ms"] > 0
         assert res["cost_per_1k"] > 0  # both local: priced by measured compute time
-        assert sum(map(sum, res["confusion"]["matrix"])) == 6
+        assert res["confusion"]["matrix"] == [[sum(g == r and p == c for g, p in zip(gold, got, strict=True))
+                                               for c in LABELS] for r in LABELS]  # fmt: skip
     # the teacher prompt (instructions + a few-shot turn) is longer than the student prompt
     assert teacher["prompt_tokens_mean"] > local["prompt_tokens_mean"]
-    run = ws.store.get_run("ev1")
-    assert (
-        run["kind"] == "eval"
-        and run["status"] == "done"
-        and run["metrics"]["models"]["local"]["score"] == local["score"]
-    )
-    preds = load_predictions(run, "local")
-    assert len(preds) == 6 and all(p["prediction"] in LABELS for p in preds)  # constrained choice: always a label
-    assert all(set(p["choice_scores"]) == set(LABELS) for p in preds)
+    # no training run among the models: the majority comes from the eval data (3 and 3: the task's first label)
+    majority = summary["majority"]
+    assert majority["label"] == "billing" and majority["score"] == 0.5
+    assert majority["source"] == "the eval data route-test@1 (no training data known)"
+    assert all(res["vs_majority"] in ("above", "same as majority", "below") for res in summary["models"].values())
 
     # a second run with the same model, prompts and settings reuses the stored answers
     again = run_eval(ws, task, data, {"local": str(tiny_model)}, name="ev2")
@@ -145,6 +227,7 @@ def test_label_eval_over_http(ws, tiny_model):
     assert again["models"]["local"]["score"] == local["score"]
 
 
+@pytest.mark.slow  # over 10 s
 def test_text_eval_with_judge_and_cli(ws, tiny_model, tmp_path):
     """`protege eval` as a user runs it: a teacher from protege.yaml (also the judge) and a local model."""
     from protege.serve.launch import ServerProcess
@@ -167,13 +250,18 @@ def test_text_eval_with_judge_and_cli(ws, tiny_model, tmp_path):
     out = json.loads(proc.stdout)
     res, ref = out["models"]["tiny"], out["models"]["ref"]
     assert out["n"] == 2 and out["reference"] == "ref"
-    assert res["score_name"] == "rouge_l" and 0.0 <= res["score"] <= 1.0 and 0.0 <= res["exact_match"] <= 1.0
+    preds = load_predictions(_stored_run(ws.root, "ev-text"), "tiny")
+    assert res["score_name"] == "rouge_l" and len(preds) == 2
+    assert res["score"] == pytest.approx(sum(M.rouge_l(p["reference"], p["output"]) for p in preds) / 2)
+    assert res["exact_match"] == sum(M.exact_match(p["reference"], p["output"]) for p in preds) / 2
+    assert "majority" not in out  # a text task has no majority class
     assert res["completion_tokens_mean"] > 0 and not math.isnan(res["latency_p50_ms"])
     # the remote-priced teacher costs its token price; the local model its compute time
     assert "API price" in ref["cost_basis"] and "compute time" in res["cost_basis"]
     judged = res["judge"]
     assert judged["versus"] == "ref" and judged["wins"] + judged["losses"] + judged["ties"] == 2
-    assert 0.0 <= judged["win_rate"] <= 1.0
+    assert judged["invalid"] == 0  # constrained choice over A, B, tie: every verdict is readable
+    assert judged["win_rate"] == (judged["wins"] + judged["ties"] / 2) / 2
     calls = sqlite3.connect(ws.root / "protege.db").execute("SELECT COUNT(*) FROM calls WHERE kind='judge'")
     assert calls.fetchone()[0] == 4  # two records, both orders
     proc = run_cli("--workspace", str(ws.root), "report", "ev-text", "--json")
@@ -183,10 +271,97 @@ def test_text_eval_with_judge_and_cli(ws, tiny_model, tmp_path):
     assert bad.returncode == 2 and "unknown model" in bad.stderr
 
 
+WORDS = ["hello", "thanks", "bye"]
+
+
+def _fake_endpoint(judge_says) -> FakeOpenAI:
+    """Two answering models and a judge behind one fake OpenAI server: `good` answers the requested
+    word, `bad` does not, and the judge replies whatever `judge_says(answer_a, answer_b)` returns."""
+
+    def respond(body: dict) -> str:
+        if body["model"] == "judge":
+            text = last_user(body)
+            first = text.split("Answer A:\n", 1)[1].split("\n\nAnswer B:", 1)[0]
+            second = text.split("Answer B:\n", 1)[1].split("\n\nWhich answer", 1)[0]
+            return judge_says(first, second)
+        return last_user(body).removeprefix("say ") if body["model"] == "good" else "no idea"
+
+    return FakeOpenAI(respond)
+
+
+def test_judge_that_answers_garbage_fails_the_eval(ws, tmp_path):
+    """A judge whose verdicts name no answer does not make a 0.5 win rate: the eval fails (exit 1),
+    the run keeps the invalid count; a partly readable judge's win rate counts only readable records."""
+    task_file = tmp_path / "echo.yaml"
+    task_file.write_text("name: echo\ninput: '{{ text }}'\noutput: {kind: text}\n")
+    records = [Record(messages=[{"role": "user", "content": f"say {w}"}, {"role": "assistant", "content": w}],
+                      metadata={"input": {"text": f"say {w}"}}) for w in WORDS]  # fmt: skip
+    save_dataset(ws.store, "echo-test", records)
+    ws.store.close()
+    verdicts = {"mode": "garbage"}
+
+    def judge_says(first: str, second: str) -> str:
+        if verdicts["mode"] == "garbage" or "bye" in (first, second):
+            return "Both answers have their merits."
+        return "A" if first in WORDS else "B"  # the right answer wins, in either order
+
+    with _fake_endpoint(judge_says) as fake:
+        teachers = "".join(f"  {m}:\n    base_url: {fake.base_url}\n    model: {m}\n" for m in ("good", "bad", "judge"))
+        (ws.root / "protege.yaml").write_text("teachers:\n" + teachers)
+        broken = run_cli("--workspace", str(ws.root), "eval", str(task_file), "--data", "echo-test", "--json",
+                         "--models", "bad=bad,good=good", "--reference", "bad", "--judge", "judge",
+                         "--name", "ev-garbage")  # fmt: skip
+        verdicts["mode"] = "mixed"
+        again = open_workspace(ws.root)
+        args = (again, load_task(task_file), "echo-test", {"bad": "bad", "good": "good"})
+        with pytest.raises(DataError, match=r"unreadable verdicts for 1 of 3 records \(33% > the allowed 10%"):
+            run_eval(*args, reference="bad", judge="judge", name="ev-mixed")
+        allowed = run_eval(*args, reference="bad", judge="judge", name="ev-allowed", max_judge_invalid=0.5)
+    assert broken.returncode == 1, broken.stderr[-2000:]
+    assert "unreadable verdicts for 3 of 3 records (100% > the allowed 10%" in broken.stderr
+    assert broken.stdout == ""  # no figures printed as if they were results
+    run = again.store.get_run("ev-garbage")
+    judged = run["metrics"]["models"]["good"]["judge"]
+    assert run["status"] == "failed" and judged["invalid"] == 3 and judged["invalid_rate"] == 1.0
+    assert judged["win_rate"] is None and judged["ties"] == 0
+    # one record of three unreadable: above the default 10%, within an allowed 50%; the win rate is
+    # over the two readable records (counting the unreadable one as a tie would give 2.5 / 3)
+    assert again.store.get_run("ev-mixed")["status"] == "failed"
+    judged = allowed["models"]["good"]["judge"]
+    assert (judged["wins"], judged["losses"], judged["ties"], judged["invalid"]) == (2, 0, 0, 1)
+    assert judged["win_rate"] == 1.0 and judged["invalid_rate"] == pytest.approx(1 / 3)
+    assert again.store.get_run("ev-allowed")["status"] == "done"
+
+
+def test_majority_comes_from_the_training_data(ws, tmp_path):
+    """The baseline is the most frequent label of the evaluated training run's data (or of
+    --majority-from), not of the records being scored."""
+    from protege.evaluate.scoring import majority_row
+
+    task = Task(name="route", input="{{ message }}", output={"kind": "label", "labels": LABELS})
+    train = [Record(messages=task.student_messages({"message": f"m{i}"}) + [{"role": "assistant", "content": lab}],
+                    label=lab, split="train") for i, lab in enumerate(["delivery"] * 3 + ["billing"])]  # fmt: skip
+    save_dataset(ws.store, "route-train", train)
+    ws.store.start_run("student-run", "train", {"data": {"train": "route-train"}}, str(tmp_path))
+    refs = ["billing", "billing", "delivery"]
+    student = ModelSpec("student", "student-run", path=str(tmp_path))
+    row = majority_row(ws, task, [ModelSpec("base", "some-model", path="x"), student], refs, "route-test@1", None)
+    assert row["label"] == "delivery" and row["score"] == pytest.approx(1 / 3)  # the eval data's majority: billing
+    assert row["source"] == "route-train@1, training data of student-run" and row["counted_on"] == 4
+    jsonl = tmp_path / "other.jsonl"
+    jsonl.write_text("".join(json.dumps({"message": "x", "label": "billing"}) + "\n" for _ in range(2)))
+    row = majority_row(ws, task, [student], refs, "route-test@1", str(jsonl))
+    assert row["label"] == "billing" and row["source"] == f"{jsonl} (--majority-from)"
+    row = majority_row(ws, task, [ModelSpec("base", "some-model", path="x")], refs, "route-test@1", None)
+    assert row["label"] == "billing" and row["source"] == "the eval data route-test@1 (no training data known)"
+    with pytest.raises(DataError, match="none of its labels"):
+        jsonl.write_text(json.dumps({"message": "x", "label": "other"}) + "\n")
+        majority_row(ws, task, [student], refs, "route-test@1", str(jsonl))
+
+
 def test_demo_task_and_data_are_shipped_and_deterministic(tmp_path):
-    from protege.demo import task_path
-    from protege.evaluate.demo_data import LABELS as DEMO_LABELS
-    from protege.evaluate.demo_data import write_demo_data
+    from protege.demo_data import LABELS as DEMO_LABELS
+    from protege.demo_data import heldout_rows, task_path, write_demo_data
     from protege.tasks import load_task
 
     root = Path(__file__).resolve().parents[1]
@@ -196,6 +371,7 @@ def test_demo_task_and_data_are_shipped_and_deterministic(tmp_path):
     a, b = write_demo_data(tmp_path / "a", 40, 20), write_demo_data(tmp_path / "b", 40, 20)
     assert a["heldout"].read_text() == b["heldout"].read_text()
     gold = [json.loads(line)["label"] for line in a["heldout"].read_text().splitlines()]
+    assert gold == [r["label"] for r in heldout_rows(20)]  # what the demo stores is what it wrote
     assert sorted(set(gold)) == sorted(DEMO_LABELS) and gold.count(DEMO_LABELS[0]) == 5
     inputs = {json.loads(line)["message"] for line in a["inputs"].read_text().splitlines()}
     assert all("label" not in line for line in a["inputs"].read_text().splitlines()) and len(inputs) > 30

@@ -153,6 +153,7 @@ def test_task_output_validation():
     assert "schema" in jtask.parse_output('{"b": 1}')[1]
 
 
+@pytest.mark.slow  # downloads the embedding model
 def test_embedding_model_pulls_and_embeds():
     from sentence_transformers import SentenceTransformer
 
@@ -172,6 +173,7 @@ def test_unreachable_hub_id_is_one_clear_line():
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2
 
 
+@pytest.mark.slow
 def test_pulled_model_is_a_plain_float_checkpoint(smollm_path):
     config = json.loads((smollm_path / "config.json").read_text())
     assert "quantization_config" not in config  # dequantised once; nothing GGUF-specific is left

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from protege.evaluate.report import loss_history, write_report
-from protege.evaluate.runner import ModelSpec, score, speed_and_cost
+from protege.evaluate.scoring import score, speed_and_cost
+from protege.evaluate.specs import ModelSpec
+from protege.metrics import majority_baseline, versus_majority
 from protege.tasks import Task
 
 LABELS = ["billing", "delivery", "account"]
@@ -42,7 +44,11 @@ def _fake_eval(ws, tmp_path: Path) -> str:
         spec = ModelSpec(label, "student-run" if label == "student" else "local")
         models[label] = {**score(task, gold, rows), **speed_and_cost(spec, rows, 0.5), "source": spec.source}
         models[label].pop("per_record")
-    summary = {"task": "route", "kind": "label", "data": "d@1", "n": 6, "reference": "teacher", "models": models}
+    majority = majority_baseline(["billing"] * 3 + ["account"], gold, LABELS, "train-set@1")
+    for m in models.values():
+        m["vs_majority"] = versus_majority(m["score_ci"], majority["score"])
+    summary = {"task": "route", "kind": "label", "data": "d@1", "n": 6, "reference": "teacher", "models": models,
+               "majority": majority}  # fmt: skip
     ws.store.start_run("eval-x", "eval", {"models": {"teacher": "local", "student": "student-run"}}, str(tmp_path))
     ws.store.finish_run("eval-x", "done", summary)
     return "eval-x"
@@ -57,6 +63,28 @@ def test_report_files_are_self_contained(ws, tmp_path):
     md = Path(paths["markdown"]).read_text()
     assert "| teacher |" in md and "| student |" in md
     assert "0.8333" in md  # teacher and student both got 5 of 6
+    # every label table ends with the majority row: always "billing" is right for 2 of 6
+    row = next(line for line in md.splitlines() if line.startswith("| majority"))
+    assert row.startswith("| majority (always 'billing') | most frequent label of train-set@1 | 0.3333 |")
+    assert "Majority baseline: always answering 'billing'" in md and "Majority baseline" in html
+    assert md.count("| above |") == 2  # 5 of 6 right: the interval's low end is above 2 of 6
+
+
+def test_a_model_at_the_majority_baseline_is_called_out():
+    from protege.evaluate.report import baseline_notes, comparison_rows
+
+    majority = {"label": "anger", "source": "emotion-gold@1 (--majority-from)", "score": 0.417,
+                "score_ci": [0.36, 0.47], "macro_f1": 0.147}  # fmt: skip
+    student = {"score": 0.427, "score_ci": [0.37, 0.483], "vs_majority": "same as majority", "macro_f1": 0.18,
+               "latency_p50_ms": 1.0, "latency_p95_ms": 1.0, "prompt_tokens_mean": 1, "cost_per_1k": 0.0}  # fmt: skip
+    summary = {"models": {"student": student}, "majority": majority}
+    notes = baseline_notes(summary)
+    assert notes[0].startswith("Majority baseline: always answering 'anger', the most frequent label of emotion-gold@1")
+    assert notes[1] == (
+        "student: accuracy 0.427 (0.370-0.483) is indistinguishable from the majority baseline's 0.417: "
+        "no evidence it knows more than the label counts."
+    )
+    assert [r["model"] for r in comparison_rows(summary)] == ["student", "majority (always 'anger')"]
 
 
 def test_eval_runs_over_the_same_records_compare_in_one_report(ws, tmp_path):

@@ -295,6 +295,7 @@ def _active(server) -> float:
     raise AssertionError("protege_requests_active missing from /metrics")
 
 
+@pytest.mark.slow  # over 10 s
 def test_queue_full_and_disconnect_frees_the_slot(tiny_model):
     with ServerProcess(tiny_model, extra_args=["--max-queue", "1", "--threads", "1"]) as srv:
         client = OpenAI(base_url=srv.base_url, api_key="none", max_retries=0, timeout=60)

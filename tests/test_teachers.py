@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -139,14 +140,14 @@ def test_http_teacher_does_not_retry_a_refused_request_and_gives_up_after_max_re
 def test_inputs_jsonl_and_csv_with_bad_lines(tmp_path):
     bad = tmp_path / "in.jsonl"
     bad.write_text('{"text": "ok"}\n{"text": oops}\n')
-    with pytest.raises(DataError, match=r"in\.jsonl:2: not valid JSON"):
+    with pytest.raises(DataError, match=r"in\.jsonl:2: json: invalid JSON"):
         read_inputs(bad)
     bad.write_text('{"text": "ok"}\n\n["a list"]\n')
     with pytest.raises(DataError, match=r"in\.jsonl:3: expected a JSON object"):
         read_inputs(bad)
     csv_path = tmp_path / "in.csv"
     csv_path.write_text('text,id\n"hello, world",1\nsecond,2\nthird,3,extra\n')
-    with pytest.raises(DataError, match=r"in\.csv:4: expected 2 columns"):
+    with pytest.raises(DataError, match=r"in\.csv:4: csv: expected 2 columns, found 3"):
         read_inputs(csv_path)
     rows = read_inputs(csv_path, limit=2)
     assert [r.fields for r in rows] == [{"text": "hello, world", "id": "1"}, {"text": "second", "id": "2"}]
@@ -195,7 +196,59 @@ def test_distill_50_inputs_concurrency_8_rejects_invalid_and_reruns_free(ws, tmp
     assert get_dataset(ws.store, "emotion-distilled")["source"]["terms"] == terms
     statuses = dict(ws.store.query("SELECT status, COUNT(*) FROM calls WHERE kind='teacher' GROUP BY status"))
     assert statuses == {"ok": 49, "rejected": 3}
+    # a record's time is its call's stored time (a cache hit then reproduces it exactly)
+    stored = dict(ws.store.query("SELECT id, created_at FROM calls WHERE kind='teacher'"))
+    for r in records:
+        when = datetime.fromtimestamp(stored[r.provenance["call_id"]], UTC).isoformat(timespec="seconds")
+        assert r.provenance["time"] == when
     assert ws.store.get_run("distill-emotion-distilled")["status"] == "done"
+
+
+def test_two_endpoints_serving_the_same_model_name_do_not_share_cached_answers(ws, tmp_path, monkeypatch):
+    inputs = write_inputs(tmp_path / "in.jsonl", 4)
+    (tmp_path / "task.yaml").write_text(TASK_YAML)
+    task = load_task(tmp_path / "task.yaml")
+    monkeypatch.setenv("KEY_ONE", "sk-one-0123456789")
+    monkeypatch.setenv("KEY_TWO", "sk-two-0123456789")
+    with FakeOpenAI(lambda body: "joy") as one, FakeOpenAI(lambda body: "sadness") as two:
+        teachers = {
+            "one": {"base_url": one.base_url, "model": "fake-model", "api_key_env": "KEY_ONE"},
+            "two": {"base_url": two.base_url, "model": "fake-model", "api_key_env": "KEY_ONE"},
+            # the first endpoint again, spelt with a trailing slash and asked with another key
+            "one-again": {"base_url": one.base_url + "/", "model": "fake-model", "api_key_env": "KEY_TWO"},
+        }
+        (ws.root / "protege.yaml").write_text(json.dumps({"teachers": teachers}))
+        ws = open_workspace(ws.root)
+        first = distill(ws, task, inputs, "one", name="from-one")
+        second = distill(ws, task, inputs, "two", name="from-two")
+        third = distill(ws, task, inputs, "one-again", name="from-one-again")
+    assert (len(one.requests), len(two.requests)) == (4, 4)  # the second endpoint was asked, not the cache
+    assert second.stats["requests"] == 4 and second.stats["cache_hits"] == 0
+    assert third.stats["requests"] == 0 and third.stats["cache_hits"] == 4  # same endpoint, other key: cached
+    assert {r.label for r in load_records(ws.store, "from-one")} == {"joy"}
+    assert {r.label for r in load_records(ws.store, "from-two")} == {"sadness"}
+    assert {r.label for r in load_records(ws.store, "from-one-again")} == {"joy"}
+    assert first.n_records == 4
+    endpoints = {json.loads(r[0])["endpoint"] for r in ws.store.query("SELECT request FROM calls")}
+    assert endpoints == {one.base_url, two.base_url}
+    dump = "\n".join(str(tuple(r)) for r in ws.store.query("SELECT * FROM calls"))
+    assert "sk-one" not in dump and "sk-two" not in dump
+
+
+def test_a_bad_dataset_name_stops_distill_before_any_call(ws, tmp_path):
+    inputs = write_inputs(tmp_path / "in.jsonl", 3)
+    (tmp_path / "task.yaml").write_text(TASK_YAML)
+    with FakeOpenAI(label_responder) as fake:
+        configure(ws.root, fake.base_url)
+        for bad in ["../../outside", ".hidden"]:
+            out = run_cli("-w", str(ws.root), "distill", "task.yaml", "--inputs", str(inputs), "--teacher", "t",
+                          "--name", bad)  # fmt: skip
+            assert out.returncode == 2 and f"--name {bad!r} is not allowed" in out.stderr, out.stderr
+        bad_task = (tmp_path / "task.yaml").read_text().replace("name: emotion", "name: a/b")
+        (tmp_path / "slash.yaml").write_text(bad_task)
+        out = run_cli("-w", str(ws.root), "distill", "slash.yaml", "--inputs", str(inputs), "--teacher", "t")
+        assert out.returncode == 2 and "dataset name 'a/b-distilled' is not allowed" in out.stderr, out.stderr
+    assert fake.requests == []
 
 
 def test_distill_cli_warns_about_terms_and_reports_a_dead_teacher(ws, tmp_path):
@@ -311,6 +364,7 @@ def _metric(url: str, name: str) -> float:
     return 0.0
 
 
+@pytest.mark.slow  # over 10 s
 def test_real_protege_serve_teacher_sigkill_and_resume(ws, tmp_path, tiny_model):
     from protege.serve.launch import ServerProcess
 

@@ -7,7 +7,6 @@ Exit codes: 0 success, 1 the data or a check failed, 2 a usage error.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -18,9 +17,12 @@ from rich.console import Console
 from rich.table import Table
 
 from protege import __version__
+from protege.cli_options import GLOBAL, JsonOpt, WorkspaceOpt, print_json, workspace
 from protege.errors import ProtegeError
 from protege.log import console, set_verbosity
-from protege.workspace import Workspace, init_workspace, open_workspace
+from protege.workspace import init_workspace
+
+__all__ = ["app", "main", "print_json", "workspace"]  # the last two for callers that predate cli_options
 
 app = typer.Typer(
     name="protege",
@@ -30,23 +32,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-WorkspaceOpt = Annotated[
-    Path | None,
-    typer.Option("--workspace", "-w", help="Workspace folder [env: PROTEGE_WORKSPACE; default ./protege-workspace]"),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-
-_GLOBAL: dict[str, Path | None] = {"workspace": None}
-
-
-def workspace(path: Path | None = None) -> Workspace:
-    """The workspace a command works in: its own --workspace, the global one, or the default."""
-    return open_workspace(path or _GLOBAL["workspace"])
-
-
-def print_json(value: object) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
 def _version(value: bool) -> None:
@@ -64,14 +49,14 @@ def _main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
-    _GLOBAL["workspace"] = workspace_
+    GLOBAL["workspace"] = workspace_
     set_verbosity(verbose, quiet)
 
 
 @app.command(rich_help_panel="workspace")
 def init(directory: Annotated[Path | None, typer.Argument(help="Folder to create.")] = None) -> None:
     """Create a workspace: protege.yaml, the SQLite database and artifacts/."""
-    ws = init_workspace(directory or _GLOBAL["workspace"])
+    ws = init_workspace(directory or GLOBAL["workspace"])
     console.print(f"[green]workspace ready[/] {ws.root} (schema v{ws.store.version})")
 
 
@@ -131,6 +116,7 @@ def models_rm(name: str) -> None:
 
 def _register_stages() -> None:
     # Explicit imports, one per stage: what `protege --help` shows is what is listed here.
+    from protege import demo_cli
     from protege.data import cli as data_cli
     from protege.evaluate import cli as evaluate_cli
     from protege.review import cli as review_cli
@@ -138,14 +124,11 @@ def _register_stages() -> None:
     from protege.teachers import cli as teachers_cli
     from protege.train import cli as train_cli
 
-    for stage in (data_cli, teachers_cli, review_cli, train_cli, evaluate_cli, serve_cli):
+    for stage in (data_cli, teachers_cli, review_cli, train_cli, evaluate_cli, serve_cli, demo_cli):
         stage.register(app)
 
 
-# Run as `python -m protege.cli`, this file is `__main__`; the stages' `from protege.cli import ...`
-# then loads a second copy, `protege.cli`, which registers them; `__main__` delegates to it below.
-if __name__ != "__main__":
-    _register_stages()
+_register_stages()
 
 
 def main() -> None:
@@ -178,7 +161,5 @@ def main() -> None:
         sys.exit(130)
 
 
-if __name__ == "__main__":
-    from protege.cli import main as _main
-
-    _main()
+if __name__ == "__main__":  # `python -m protege.cli`; `python -m protege` is protege/__main__.py
+    main()

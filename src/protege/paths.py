@@ -1,6 +1,6 @@
 """Where things live on disk. Environment variables make every location overridable, so tests
 are hermetic (the simonw/llm pattern): PROTEGE_WORKSPACE for the workspace, PROTEGE_CACHE for
-pulled models and downloaded wheels.
+pulled models and downloaded wheels, PROTEGE_SHARED_DATA for the shared public datasets.
 """
 
 from __future__ import annotations
@@ -33,13 +33,14 @@ def wheels_dir() -> Path:
 
 
 def shared_data_dir() -> Path | None:
-    """The real public data beside the project root (`../shared/data`), or None where absent."""
+    """The real public data, or None where absent: `$PROTEGE_SHARED_DATA` when it is set (and then
+    nothing else, so an empty folder there means "none", as a test of a missing dependency needs),
+    else `shared/data` beside the project or beside the current folder."""
     env = os.environ.get("PROTEGE_SHARED_DATA")
-    candidates = [Path(env)] if env else []
-    here = Path(__file__).resolve()
-    candidates += [p.parent / "shared" / "data" for p in here.parents]
-    candidates.append(Path.cwd().parent / "shared" / "data")
-    for c in candidates:
-        if (c / "README.md").exists():
-            return c
-    return None
+    if env:
+        candidates = [Path(env)]
+    else:
+        here = Path(__file__).resolve()
+        candidates = [p.parent / "shared" / "data" for p in here.parents]
+        candidates.append(Path.cwd().parent / "shared" / "data")
+    return next((c for c in candidates if (c / "README.md").exists()), None)

@@ -3,6 +3,10 @@ is prompted. One YAML file (see docs/interfaces.md and examples/tasks/).
 
 The teacher sees the instructions and few-shot examples; the student is trained on the bare
 rendered input, so at serve time it needs no long prompt (that is where its speed comes from).
+
+A task file may come from anyone, so its template renders in Jinja's immutable sandbox: no
+attributes starting with `_` (`{{ text.__class__.__mro__ }}` is refused), no unsafe calls, no
+changing the record's values. A field the record lacks is an error, never an empty string.
 """
 
 from __future__ import annotations
@@ -15,16 +19,20 @@ from typing import Any, Literal
 
 import jinja2
 import jsonschema
-from pydantic import Field, model_validator
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from pydantic import Field, PrivateAttr, model_validator
 
 from protege.config import Strict, load_yaml_model
 from protege.errors import DataError, UserError
 
-_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+TEMPLATES = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+"""The one environment every user-supplied template renders in."""
 
 
 class OutputSpec(Strict):
     kind: Literal["label", "text", "json"] = "text"
+    """label: one of a fixed set (scored by accuracy / macro-F1); text: free text; json: a JSON value
+    valid against `schema`."""
     labels: list[str] | None = None
     """The fixed label set, for kind: label."""
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
@@ -41,16 +49,20 @@ class OutputSpec(Strict):
 
 class Example(Strict):
     input: dict[str, Any]
+    """The input record's fields, rendered through the task's `input` template."""
     output: Any
+    """The answer the teacher should give (a label, text, or a JSON value)."""
 
 
 class Task(Strict):
     name: str
+    """The task's name: the default name of the datasets and eval runs made from it."""
     instructions: str = ""
     """The system prompt given to the teacher."""
     input: str = "{{ text }}"
     """Jinja template over the input record's fields."""
     output: OutputSpec = Field(default_factory=OutputSpec)
+    """What a valid answer is."""
     examples: list[Example] = Field(default_factory=list)
     """Few-shot examples, shown to teachers only."""
     examples_as: Literal["turns", "system"] = "turns"
@@ -60,15 +72,26 @@ class Task(Strict):
     label for 94% of tweets) and 0.47 with them in the system message, while on the demo's support
     routing turns scored 0.54 and the system message 0.20. Measure both on a labelled sample."""
 
+    _path: Path | None = PrivateAttr(default=None)
+
     @property
     def labels(self) -> list[str]:
         return list(self.output.labels or [])
 
+    @property
+    def where(self) -> str:
+        """How errors name this task: its file when it has one."""
+        return f"{self._path}: task {self.name!r}" if self._path else f"task {self.name!r}"
+
     def render(self, fields: dict[str, Any]) -> str:
         try:
             return _template(self.input).render(**fields).strip()
+        except SecurityError as e:
+            raise UserError(f"{self.where}: input template refused by the sandbox: {e}") from None
         except jinja2.UndefinedError as e:
             raise DataError(f"task {self.name!r}: input template needs a field the record lacks: {e}") from None
+        except jinja2.TemplateError as e:
+            raise UserError(f"{self.where}: input template failed: {e}") from None
 
     def teacher_messages(self, fields: dict[str, Any]) -> list[dict[str, str]]:
         """System instructions (with the label set or schema), few-shot turns, then the input."""
@@ -114,7 +137,7 @@ class Task(Strict):
 @functools.lru_cache(maxsize=256)
 def _template(source: str) -> jinja2.Template:
     """Compiling a template costs ~3 ms, rendering ~30 us: compile each one once (imports render thousands)."""
-    return _JINJA.from_string(source)
+    return TEMPLATES.from_string(source)
 
 
 def match_label(text: str, labels: list[str]) -> str | None:
@@ -136,7 +159,14 @@ def _strip_fences(text: str) -> str:
 
 
 def load_task(path: str | Path) -> Task:
+    """A task file; a template that does not compile is an error naming the file and its line."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: task file not found")
-    return load_yaml_model(path, Task)
+    task = load_yaml_model(path, Task)
+    task._path = path
+    try:
+        _template(task.input)
+    except jinja2.TemplateSyntaxError as e:
+        raise UserError(f"{path}: input: template line {e.lineno}: {e.message}") from None
+    return task

@@ -13,9 +13,10 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from protege.cli import JsonOpt, WorkspaceOpt
+from protege.cli_options import JsonOpt, WorkspaceOpt
 from protege.errors import UserError
 from protege.log import console
+from protege.names import name_option
 
 data_app = typer.Typer(help="Datasets: import, validate, deduplicate, split, export, browse.", no_args_is_help=True)
 
@@ -31,7 +32,10 @@ MapOpt = Annotated[
 TaskOpt = Annotated[
     Path | None, typer.Option("--task", help="Task YAML: render the user turn from it, check labels against it.")
 ]
-NameOpt = Annotated[str | None, typer.Option("--name", help="Dataset name for the result [default: same name].")]
+NameOpt = Annotated[
+    str | None,
+    typer.Option("--name", help="Dataset name for the result [default: same name].", callback=name_option),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -62,7 +66,9 @@ def import_(
     file: Annotated[str, typer.Argument(help="File, datasets folder or hub id.")],
     fmt: FormatOpt = None,
     mapping: MapOpt = None,
-    name: Annotated[str | None, typer.Option("--name", help="Dataset name [default: the file's stem].")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Dataset name [default: the file's stem].", callback=name_option)
+    ] = None,
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Import the valid rows, report the rest.")
     ] = False,
@@ -71,7 +77,7 @@ def import_(
     as_json: JsonOpt = False,
 ) -> None:
     """Import a dataset file as a new version (all rows or nothing, unless --skip-invalid)."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.data.importers import InvalidData, import_file, parse_mapping
 
     ws = workspace(workspace_)
@@ -98,7 +104,7 @@ def validate(
     as_json: JsonOpt = False,
 ) -> None:
     """List every problem as file:line: field: what is wrong (exit 1 when there is any)."""
-    from protege.cli import print_json
+    from protege.cli_options import print_json
     from protege.data.importers import parse_mapping
     from protege.data.validate import summarise, validate_file
     from protege.errors import DataError
@@ -122,14 +128,25 @@ def export(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file (folder for hf).")],
     split: Annotated[str | None, typer.Option("--split", help="Only this split.")] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            help="Review statuses to export: some of accepted,edited,pending,rejected, or all "
+            "[default: all but rejected].",
+        ),
+    ] = None,
     workspace_: WorkspaceOpt = None,
 ) -> None:
     """Write a dataset in any import format, Parquet, or a datasets.Dataset folder (hf)."""
-    from protege.cli import workspace
-    from protege.data.export import export_dataset
+    from protege.cli_options import workspace
+    from protege.data.export import export_dataset, parse_statuses
 
-    path = export_dataset(workspace(workspace_).store, name, fmt, out, split=split)
-    console.print(f"[green]exported[/] {name} -> {path}")
+    statuses = parse_statuses(status)
+    result = export_dataset(workspace(workspace_).store, name, fmt, out, split=split, statuses=statuses)
+    left = ", ".join(f"{n} {s}" for s, n in result["left_out"].items())
+    note = f" ({left} left out; --status all exports them)" if left else ""
+    console.print(f"[green]exported[/] {result['records']} records of {name} -> {result['path']}{note}")
 
 
 @data_app.command("dedup")
@@ -143,7 +160,7 @@ def dedup(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove exact (normalised) and, with --near, near duplicates; writes a new version."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.data import quality
     from protege.data.records import load_records
 
@@ -182,7 +199,7 @@ def decontaminate(
     as_json: JsonOpt = False,
 ) -> None:
     """Drop training records that share an n-gram with the evaluation set; writes a new version."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.data import quality
     from protege.data.records import load_records
 
@@ -212,7 +229,7 @@ def split(
     """Stratified (per label), seeded train/val/test split; writes a new version."""
     from collections import Counter
 
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.data import quality
     from protege.data.records import load_records
 
@@ -242,7 +259,7 @@ def stats(
     as_json: JsonOpt = False,
 ) -> None:
     """Counts, label distribution and a length histogram (tokens with --model, else characters)."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.data.records import get_dataset, load_records
     from protege.data.report import dataset_stats, print_stats
 
@@ -266,7 +283,7 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """Browse records, optionally filtered."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.data import quality
     from protege.data.records import load_records
     from protege.data.report import print_records
@@ -292,7 +309,7 @@ def _key_value(text: str) -> tuple[str, str]:
 @data_app.command("list")
 def list_(workspace_: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     """Every dataset version: records, where it came from, its parents."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.data.records import list_datasets
     from protege.data.report import print_datasets
 

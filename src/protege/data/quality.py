@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
-import unicodedata
 from collections import Counter, defaultdict
 from typing import Any, Literal
 
 from protege.data.records import Record
+from protege.data.text import words
 
 Part = Literal["all", "prompt", "completion"]
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def record_text(record: Record, part: Part = "all") -> str:
@@ -31,8 +29,7 @@ def record_text(record: Record, part: Part = "all") -> str:
 
 def normalise(text: str) -> str:
     """Case, Unicode form, punctuation and spacing do not make two texts different."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(_WORD.findall(text))
+    return " ".join(words(text))
 
 
 def text_hash(text: str) -> str:

@@ -2,8 +2,9 @@
 
 A record is TRL's conversational shape (`messages`) plus what distillation and review need:
 an optional `label`, free `metadata`, `provenance` (source file and line, teacher, prompt hash,
-cost), a `review` status and a `split`. Datasets are versioned by the hash of their content:
-saving identical records under the same name returns the existing version.
+cost), a `review` status (with the reviewer's note and time) and a `split`. Datasets are
+versioned by the hash of everything a record stores: saving identical records under the same name
+returns the existing version, and any change (a review status, a note, provenance) makes a new one.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from protege.errors import DataError, UserError
+from protege.errors import UserError
+from protege.names import check_name
 from protege.store import Store, dumps, loads
 
 Role = Literal["system", "user", "assistant"]
@@ -35,6 +36,10 @@ class Record(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     provenance: dict[str, Any] = Field(default_factory=dict)
     review: ReviewStatus = "pending"
+    review_note: str | None = None
+    """What a reviewer wrote about the record (why it was edited or rejected)."""
+    reviewed_at: float | None = None
+    """When it was last reviewed (Unix seconds)."""
     split: str | None = None
 
     @field_validator("messages")
@@ -57,8 +62,10 @@ class Record(BaseModel):
         return last.content if last.role == "assistant" else None
 
     def content_hash(self) -> str:
-        body = {"messages": [m.model_dump() for m in self.messages], "label": self.label, "split": self.split}
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        """Hash of every field, so that a dataset version is exactly what was stored: a re-save
+        that changes only a review status or provenance is a new version, never dropped."""
+        body = self.model_dump(mode="json")
+        return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def dataset_hash(records: Iterable[Record]) -> str:
@@ -75,43 +82,64 @@ def save_dataset(
     source: dict[str, Any] | None = None,
     parents: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Write `records` as a new version of `name` in one transaction; same content, same version."""
+    """Write `records` as a new version of `name` in one transaction; when the latest version
+    holds exactly these records (every field), that version is returned instead.
+
+    Only the latest counts: saving A, then B, then A again makes A the latest (version 3), so
+    `name` always means what was saved last. The check runs inside the insert's transaction, so
+    two processes saving the same records at once get one version between them."""
+    check_name(name, "dataset name")
     digest = dataset_hash(records)
-    existing = store.query("SELECT * FROM datasets WHERE name=? AND hash=?", (name, digest))
-    if existing:
-        return _info(existing[0])
     with store.transaction() as conn:
-        row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM datasets WHERE name=?", (name,)).fetchone()
-        version = row[0] + 1
-        cur = conn.execute(
-            "INSERT INTO datasets (name, version, hash, n_records, source, parents, created_at) VALUES (?,?,?,?,?,?,?)",
-            (name, version, digest, len(records), dumps(source), dumps(parents or []), time.time()),
-        )
-        ds_id = cur.lastrowid
-        conn.executemany(
-            "INSERT INTO records (dataset_id, idx, messages, label, metadata, provenance, review, split) "
-            "VALUES (?,?,?,?,?,?,?,?)",
-            [
-                (
-                    ds_id,
-                    i,
-                    dumps([m.model_dump() for m in r.messages]),
-                    r.label,
-                    dumps(r.metadata),
-                    dumps(r.provenance),
-                    r.review,
-                    r.split,
-                )
-                for i, r in enumerate(records)
-            ],
-        )
+        latest = conn.execute(
+            "SELECT version, hash FROM datasets WHERE name=? ORDER BY version DESC LIMIT 1", (name,)
+        ).fetchone()
+        if latest and latest["hash"] == digest:
+            version = latest["version"]
+        else:
+            version = _insert(conn, name, digest, records, source, parents)
     return get_dataset(store, name, version)
+
+
+def _insert(
+    conn: Any, name: str, digest: str, records: list[Record], source: dict[str, Any] | None, parents: list[int] | None
+) -> int:
+    """The rows of a new version (the caller holds the transaction)."""
+    row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM datasets WHERE name=?", (name,)).fetchone()
+    version = row[0] + 1
+    cur = conn.execute(
+        "INSERT INTO datasets (name, version, hash, n_records, source, parents, created_at) VALUES (?,?,?,?,?,?,?)",
+        (name, version, digest, len(records), dumps(source), dumps(parents or []), time.time()),
+    )
+    ds_id = cur.lastrowid
+    conn.executemany(
+        "INSERT INTO records (dataset_id, idx, messages, label, metadata, provenance, review, review_note, "
+        "reviewed_at, split) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        [
+            (
+                ds_id,
+                i,
+                dumps([m.model_dump() for m in r.messages]),
+                r.label,
+                dumps(r.metadata),
+                dumps(r.provenance),
+                r.review,
+                r.review_note,
+                r.reviewed_at,
+                r.split,
+            )
+            for i, r in enumerate(records)
+        ],
+    )
+    return version
 
 
 def get_dataset(store: Store, name: str, version: int | None = None) -> dict[str, Any]:
     """Dataset info; `name` may be `name@version`. Latest version when none is given."""
     if version is None and "@" in name:
         name, v = name.rsplit("@", 1)
+        if not v.isdigit():
+            raise UserError(f"dataset {name}@{v}: the version after '@' must be a number")
         version = int(v)
     if version is None:
         rows = store.query("SELECT * FROM datasets WHERE name=? ORDER BY version DESC LIMIT 1", (name,))
@@ -145,6 +173,8 @@ def row_to_record(row: Any) -> Record:
         metadata=loads(row["metadata"]) or {},
         provenance=loads(row["provenance"]) or {},
         review=row["review"],
+        review_note=row["review_note"],
+        reviewed_at=row["reviewed_at"],
         split=row["split"],
     )
 
@@ -157,16 +187,3 @@ def _info(row: Any) -> dict[str, Any]:
     info = dict(row)
     info["source"], info["parents"] = loads(info["source"]), loads(info["parents"])
     return info
-
-
-def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value) for each non-blank line; bad JSON stops with `file:line:`.
-    For readers that stop at the first problem (validation, which lists them all, has its own)."""
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON: {e.msg}") from None

@@ -1,4 +1,4 @@
-"""`protege` commands of the evaluate stage (registered by protege.cli): eval, report, demo."""
+"""`protege` commands of the evaluate stage (registered by protege.cli): eval, report."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ from typing import Annotated, Any
 
 import typer
 
-from protege.cli import JsonOpt, WorkspaceOpt
+from protege.cli_options import JsonOpt, WorkspaceOpt
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the top-level app (panel: evaluate)."""
     app.command("eval", rich_help_panel="evaluate")(eval_cmd)
     app.command("report", rich_help_panel="evaluate")(report_cmd)
-    app.command("demo", rich_help_panel="evaluate")(demo_cmd)
 
 
 def eval_cmd(
@@ -30,18 +29,38 @@ def eval_cmd(
     judge: Annotated[str | None, typer.Option(help="Teacher that judges text answers pairwise.")] = None,
     reference: Annotated[str | None, typer.Option(help="Model label others are compared with.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ask every model again.")] = False,
+    majority_from: Annotated[
+        str | None,
+        typer.Option(
+            "--majority-from",
+            help="Training data (dataset or JSONL) whose most frequent label is the baseline row of a label task "
+            "(default: the training data of the first evaluated training run, else the eval data itself).",
+        ),
+    ] = None,
+    max_judge_invalid: Annotated[
+        float,
+        typer.Option(
+            "--max-judge-invalid",
+            min=0.0,
+            max=1.0,
+            help="Fail (exit 1) when more than this share of records get an unreadable judge verdict.",
+        ),
+    ] = 0.1,
     as_json: JsonOpt = False,
     workspace_: WorkspaceOpt = None,
 ) -> None:
-    """Score models on the same records through the same serving path; stores an eval run."""
-    from protege.cli import print_json, workspace
+    """Score models on the same records through the same serving path; stores an eval run.
+
+    Label tasks get a majority-class row; unreadable judge verdicts count as invalid, never as ties."""
+    from protege.cli_options import print_json, workspace
     from protege.evaluate.runner import parse_models, run_eval
     from protege.tasks import load_task
 
     ws = workspace(workspace_)
     summary = run_eval(
         ws, load_task(task), data, parse_models(models), limit=limit, split=split, name=name, judge=judge,
-        reference=reference, use_cache=not no_cache,
+        reference=reference, use_cache=not no_cache, majority_from=majority_from,
+        max_judge_invalid=max_judge_invalid,
     )  # fmt: skip
     if as_json:
         return print_json(summary)
@@ -57,7 +76,7 @@ def report_cmd(
     workspace_: WorkspaceOpt = None,
 ) -> None:
     """Write one self-contained HTML report (plots embedded) and a Markdown summary."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.evaluate.report import write_report
     from protege.log import console
 
@@ -67,32 +86,12 @@ def report_cmd(
     console.print(f"[green]report[/] {paths['html']} (summary: {paths['markdown']})")
 
 
-def demo_cmd(
-    inputs: Annotated[int, typer.Option(help="Unlabelled messages the teacher labels.")] = 120,
-    heldout: Annotated[int, typer.Option(help="Gold-labelled messages everything is scored on.")] = 50,
-    max_steps: Annotated[int | None, typer.Option(help="Cap the student's training steps (a quicker demo).")] = None,
-    model: Annotated[str, typer.Option(help="Local teacher and student base.")] = "smollm2-135m-instruct",
-    as_json: JsonOpt = False,
-    workspace_: WorkspaceOpt = None,
-) -> None:
-    """Distil a shipped task from a local teacher, train a LoRA student, evaluate and report."""
-    from protege.cli import print_json, workspace
-    from protege.demo import DemoSettings, run_demo
-
-    settings = DemoSettings(n_inputs=inputs, n_heldout=heldout, max_steps=max_steps, model=model)
-    result = run_demo(workspace(workspace_), settings)
-    if as_json:
-        return print_json({k: v for k, v in result.items() if k != "summary"})
-    print_table(result["summary"])
-    typer.echo(f"report: {result['report']}")
-
-
 def print_table(summary: dict[str, Any]) -> None:
     """The comparison table on stdout (it is the command's result)."""
     from rich.console import Console
     from rich.table import Table
 
-    from protege.evaluate.report import comparison_rows, fmt
+    from protege.evaluate.report import baseline_notes, comparison_rows, fmt
 
     rows = comparison_rows(summary)
     cols = [c for c in dict.fromkeys(k for r in rows for k in r) if c != "source"]
@@ -100,4 +99,7 @@ def print_table(summary: dict[str, Any]) -> None:
     for r in rows:
         table.add_row(*(fmt(r.get(c)) for c in cols))
     # piped or logged, rich would squeeze the table into 80 columns and cut every figure short
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    out = Console(width=None if sys.stdout.isatty() else 200)
+    out.print(table)
+    for note in baseline_notes(summary):
+        out.print(note, highlight=False)

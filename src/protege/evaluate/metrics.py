@@ -1,102 +1,42 @@
 """Metrics as pure functions over lists: the scores, their confidence intervals, speed and cost.
 
 Kept free of models, HTTP and the store so they can be checked against hand-computed values
-and reused by benchmarks. ROUGE-L is a lean LCS implementation (no extra dependency): the
-scorer packages pull in nltk and absl for one dynamic-programming loop.
+and reused by benchmarks. Words and ROUGE-L are protege.data.text's, shared with the data checks
+and self-instruct's novelty filter, so every stage compares texts the same way.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jsonschema
 import numpy as np
 
-INVALID = "(invalid)"
-"""Column of the confusion matrix for answers that name no label."""
+from protege.data.text import rouge_l as rouge_l  # re-exported: the text score of an evaluation
+from protege.data.text import words
 
-
-# ---- labels ----------------------------------------------------------------------------------------
-def accuracy(gold: Sequence[Any], pred: Sequence[Any]) -> float:
-    _same_length(gold, pred)
-    return sum(g == p for g, p in zip(gold, pred, strict=True)) / len(gold) if gold else 0.0
-
-
-def confusion_matrix(gold: Sequence[str], pred: Sequence[str | None], labels: Sequence[str]) -> dict[str, Any]:
-    """Rows are gold labels, columns predictions; an `(invalid)` column appears only when needed."""
-    _same_length(gold, pred)
-    cols = list(labels)
-    if any(p not in labels for p in pred):
-        cols.append(INVALID)
-    index = {lab: i for i, lab in enumerate(cols)}
-    matrix = [[0] * len(cols) for _ in labels]
-    row_of = {lab: i for i, lab in enumerate(labels)}
-    for g, p in zip(gold, pred, strict=True):
-        if g in row_of:
-            matrix[row_of[g]][index[p if p in labels else INVALID]] += 1
-    return {"rows": list(labels), "cols": cols, "matrix": matrix}
-
-
-def per_class(gold: Sequence[str], pred: Sequence[str | None], labels: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Precision, recall, F1 and support per label (0 where undefined, as scikit-learn's zero_division=0)."""
-    _same_length(gold, pred)
-    out = {}
-    for lab in labels:
-        tp = sum(g == lab and p == lab for g, p in zip(gold, pred, strict=True))
-        n_pred = sum(p == lab for p in pred)
-        n_gold = sum(g == lab for g in gold)
-        precision = tp / n_pred if n_pred else 0.0
-        recall = tp / n_gold if n_gold else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        out[lab] = {"precision": precision, "recall": recall, "f1": f1, "support": n_gold}
-    return out
-
-
-def macro_f1(gold: Sequence[str], pred: Sequence[str | None], labels: Sequence[str]) -> float:
-    """Unweighted mean F1 over the labels that occur in gold or predictions (scikit-learn's default set)."""
-    present = [lab for lab in labels if lab in set(gold) or lab in set(pred)]
-    if not present:
-        return 0.0
-    scores = per_class(gold, pred, present)
-    return sum(s["f1"] for s in scores.values()) / len(present)
+# The label metrics and the bootstrap live in the base (protege.metrics), where training can use them
+# too; they are re-exported here so evaluation code and benchmarks find every metric in one place.
+from protege.metrics import (  # noqa: F401
+    INVALID,
+    accuracy,
+    bootstrap_ci,
+    confusion_matrix,
+    label_scores,
+    macro_f1,
+    macro_f1_ci,
+    majority_baseline,
+    mean_ci,
+    per_class,
+)
 
 
 # ---- text ------------------------------------------------------------------------------------------
-def _tokens(text: str) -> list[str]:
-    return re.findall(r"\w+", (text or "").lower())
-
-
-def _lcs(a: list[str], b: list[str]) -> int:
-    if not a or not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(reference: str, candidate: str) -> float:
-    """ROUGE-L F1 over lower-cased word tokens (longest common subsequence)."""
-    return rouge_l_tokens(_tokens(reference), _tokens(candidate))
-
-
-def rouge_l_tokens(ref: list[str], cand: list[str]) -> float:
-    """ROUGE-L F1 of two token lists (callers comparing against a pool tokenise once)."""
-    lcs = _lcs(ref, cand)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(cand), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
 def normalize_text(text: str) -> str:
-    return " ".join(_tokens(text))
+    return " ".join(words(text))
 
 
 def exact_match(reference: str, candidate: str) -> float:
@@ -145,32 +85,6 @@ def json_scores(references: Sequence[Any], outputs: Sequence[str | None], schema
         "field_accuracy": {k: sum(v) / len(v) for k, v in field_hits.items()},
         "per_record": per_record,
     }
-
-
-# ---- uncertainty -----------------------------------------------------------------------------------
-def bootstrap_ci(
-    n: int, statistic: Callable[[np.ndarray], float], resamples: int = 1000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of `statistic(indices)` over `n` paired records.
-
-    Resampling indices (not values) keeps gold and predictions paired, so the same function
-    serves accuracy, macro-F1 or any per-record score. Seeded: the same run gives the same interval."""
-    if n == 0:
-        return (0.0, 0.0)
-    rng = np.random.default_rng(seed)
-    stats = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)])
-    alpha = (1 - level) / 2
-    return (float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha)))
-
-
-def mean_ci(values: Sequence[float], resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=float)
-    return bootstrap_ci(len(arr), lambda idx: float(arr[idx].mean()), resamples=resamples, seed=seed)
-
-
-def macro_f1_ci(gold: Sequence[str], pred: Sequence[str | None], labels: Sequence[str]) -> tuple[float, float]:
-    g, p = list(gold), list(pred)
-    return bootstrap_ci(len(g), lambda idx: macro_f1([g[i] for i in idx], [p[i] for i in idx], labels))
 
 
 # ---- speed and cost --------------------------------------------------------------------------------

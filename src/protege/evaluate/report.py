@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from protege.errors import UserError
-from protege.evaluate.runner import file_safe
+from protege.evaluate.answers import file_safe
 from protege.workspace import Workspace
 
 
@@ -88,7 +88,7 @@ def _plt() -> Any:
     return plt
 
 
-def plot_scores(models: dict[str, dict[str, Any]]) -> str:
+def plot_scores(models: dict[str, dict[str, Any]], majority: dict[str, Any] | None = None) -> str:
     plt = _plt()
     labels = list(models)
     scores = [models[m]["score"] for m in labels]
@@ -96,6 +96,9 @@ def plot_scores(models: dict[str, dict[str, Any]]) -> str:
     hi = [models[m]["score_ci"][1] - s for s, m in zip(scores, labels, strict=True)]
     fig, ax = plt.subplots(figsize=(1.4 * len(labels) + 2, 3.2))
     ax.bar(labels, scores, yerr=[lo, hi], capsize=6, color="#4C78A8")
+    if majority:
+        ax.axhline(majority["score"], color="#E15759", linestyle="--", label=f"always {majority['label']!r}")
+        ax.legend(loc="upper right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(models[labels[0]].get("score_name", "score"))
     ax.set_title("score (95% bootstrap interval)")
@@ -159,7 +162,8 @@ def plot_loss(curves: dict[str, list[tuple[float, float]]]) -> str:
 
 # ---- tables -----------------------------------------------------------------------------------------
 def comparison_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per model: what the CLI table, the Markdown and the HTML all show."""
+    """One row per model, then the majority-class baseline for label tasks: what the CLI table, the
+    Markdown and the HTML all show."""
     rows = []
     for label, m in summary.get("models", {}).items():
         rows.append(
@@ -167,10 +171,12 @@ def comparison_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
                 "model": label,
                 "source": m.get("source"),
                 m.get("score_name", "score"): m["score"],
-                "ci95": f"{m['score_ci'][0]:.3f}-{m['score_ci'][1]:.3f}",
+                "ci95": _ci(m["score_ci"]),
                 **({"macro_f1": m["macro_f1"]} if "macro_f1" in m else {}),
+                **({"vs_majority": m["vs_majority"]} if "vs_majority" in m else {}),
                 **({"exact_match": m["exact_match"]} if "exact_match" in m else {}),
                 **({"win_rate": m["judge"]["win_rate"]} if "judge" in m else {}),
+                **({"judge_invalid": m["judge"].get("invalid_rate")} if "judge" in m else {}),
                 "vs_ref": m.get("score_vs_reference"),
                 "p50_ms": m["latency_p50_ms"],
                 "p95_ms": m["latency_p95_ms"],
@@ -179,7 +185,52 @@ def comparison_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
                 "cost_per_1k": m["cost_per_1k"],
             }
         )
+    if majority := summary.get("majority"):
+        rows.append(majority_table_row(majority))
     return rows
+
+
+def majority_table_row(majority: dict[str, Any]) -> dict[str, Any]:
+    """The baseline as a table row: always answering the most frequent training label."""
+    return {
+        "model": f"majority (always {majority['label']!r})",
+        "source": f"most frequent label of {majority['source']}",
+        majority.get("score_name", "accuracy"): majority["score"],
+        "ci95": _ci(majority["score_ci"]),
+        "macro_f1": majority["macro_f1"],
+    }
+
+
+def baseline_notes(summary: dict[str, Any]) -> list[str]:
+    """Sentences under every table: what the majority row is, which models do no better than it, and
+    how many judge verdicts could not be read."""
+    notes = []
+    if majority := summary.get("majority"):
+        notes.append(
+            f"Majority baseline: always answering {majority['label']!r}, the most frequent label of "
+            f"{majority['source']}: accuracy {majority['score']:.3f}, macro-F1 {majority['macro_f1']:.3f}."
+        )
+    for label, m in summary.get("models", {}).items():
+        relation = m.get("vs_majority") if majority else None  # none in runs stored before the baseline
+        if relation == "same as majority":
+            notes.append(
+                f"{label}: accuracy {m['score']:.3f} ({_ci(m['score_ci'])}) is indistinguishable from the majority "
+                f"baseline's {majority['score']:.3f}: no evidence it knows more than the label counts."
+            )
+        elif relation == "below":
+            notes.append(
+                f"{label}: accuracy {m['score']:.3f} is below the majority baseline's {majority['score']:.3f}."
+            )
+        if (judged := m.get("judge")) and judged.get("invalid"):
+            notes.append(
+                f"{label}: the judge's verdict was unreadable for {judged['invalid']} of {judged['judged']} records "
+                f"({judged['invalid_rate']:.0%}); its win rate counts only the others."
+            )
+    return notes
+
+
+def _ci(ci: list[float] | None) -> str | None:
+    return f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else None
 
 
 def fmt(value: Any) -> str:
@@ -208,6 +259,7 @@ def markdown(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     elif run.get("metrics"):
         lines += ["```json", json.dumps(run["metrics"], indent=2, default=str)[:4000], "```"]
+    lines += [f"\n{note}" for note in baseline_notes(summary)]
     lines += [
         "",
         "Cost basis: " + "; ".join(f"{k}: {m.get('cost_basis')}" for k, m in summary.get("models", {}).items()),
@@ -243,6 +295,7 @@ def render_html(run: dict[str, Any], rows: list[dict[str, Any]], figures: list[t
         f"<!doctype html><html><head><meta charset='utf-8'><title>protege report: {html.escape(run['name'])}</title>",
         f"<style>{CSS}</style></head><body><h1>{html.escape(run['name'])}</h1><p>{intro}</p>",
         _html_table(rows),
+        "".join(f"<p>{html.escape(note)}</p>" for note in baseline_notes(summary)),
         "".join(_img(t, p) for t, p in figures),
     ]
     if summary and not rows:
@@ -255,7 +308,12 @@ def figures_for(ws: Workspace, run: dict[str, Any]) -> list[tuple[str, str]]:
     models = (run.get("metrics") or {}).get("models") or {}
     figs: list[tuple[str, str]] = []
     if models:
-        figs += [("score", plot_scores(models)), ("latency", plot_latency(models)), ("cost", plot_cost(models))]
+        majority = (run.get("metrics") or {}).get("majority")
+        figs += [
+            ("score", plot_scores(models, majority)),
+            ("latency", plot_latency(models)),
+            ("cost", plot_cost(models)),
+        ]
         figs += [(f"confusion: {k}", plot_confusion(k, m["confusion"])) for k, m in models.items() if "confusion" in m]
     curves = {k: pts for k, folder in training_folders(ws, run).items() if (pts := loss_history(folder))}
     if curves:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -114,33 +113,11 @@ def _resolve_hub(repo_id: str) -> ResolvedModel:
 
 
 def pick_dtype(dtype: str = "auto") -> Any:
-    """`auto`: bfloat16 on a CUDA GPU or a CPU with native bf16 matmul (AVX512-BF16/AMX), else float32."""
-    import torch
+    """The torch dtype to load a model in for answering (serving, evaluation): `auto` is float32 on
+    any CPU (see models.precision for why, and for what training does instead)."""
+    from protege.models.precision import inference_dtype
 
-    if dtype != "auto":
-        try:
-            return {
-                "float32": torch.float32,
-                "fp32": torch.float32,
-                "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16,
-                "float16": torch.float16,
-                "fp16": torch.float16,
-            }[dtype]
-        except KeyError:
-            raise UserError(f"dtype {dtype!r}: expected auto, float32, bfloat16 or float16") from None
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_bf16() else torch.float32
-
-
-@cache
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return inference_dtype(dtype)
 
 
 def load_model(name: str | Path, dtype: str = "auto", device: str | None = None, trainable: bool = False) -> Any:

@@ -40,17 +40,6 @@ def resolve_target(model: str, workspace: WorkspaceSource = None) -> ResolvedMod
         return resolve_model(folder)
 
 
-def serve_dtype(dtype: str) -> str:
-    """`auto` means float32 on CPU: measured on this project's CPUs, bfloat16 changes greedy output
-    with the batch's composition (different padding and batch sizes round differently), which breaks
-    "a request gets the same answer however it is batched". GPUs keep `pick_dtype`'s choice."""
-    if dtype != "auto":
-        return dtype
-    import torch
-
-    return "auto" if torch.cuda.is_available() else "float32"
-
-
 def build_engine(
     model: str,
     adapters: dict[str, str | Path] | None = None,
@@ -83,7 +72,7 @@ def build_engine(
         base,
         names,
         adapters,
-        dtype=serve_dtype(dtype),
+        dtype=dtype,  # `auto`: float32 on CPU (models.precision.inference_dtype)
         max_batch_size=max_batch_size,
         max_queue=max_queue,
         batch_wait_ms=batch_wait_ms,

@@ -1,9 +1,15 @@
 """Teacher calls through a response cache in the workspace's `calls` table.
 
-Every call is keyed by sha256 of (model, messages, parameters) and written as one autocommit
+Every call is keyed by sha256 of (endpoint, model, messages, parameters) and written as one autocommit
 row the moment it completes, so a re-run costs nothing and a run killed with SIGKILL loses at
 most the calls that were in flight: the restart asks only for what has no row yet. Datasets are
 assembled from these rows afterwards, never accumulated in memory across a run.
+
+The endpoint is part of the key: two servers that both call their model `gpt-4o-mini` (a proxy
+and the real API, vLLM on two hosts) are different teachers. The API key is not: asking the same
+endpoint with another key gives the same answer. An in-process teacher has no endpoint, so its
+keys are what they were before endpoints were keyed, and its cached calls still count; calls to
+an HTTP teacher cached before then simply miss once (their endpoint was never recorded).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from protege.config import TeacherConfig
 from protege.store import Store, dumps, loads
@@ -22,9 +29,24 @@ from protege.teachers.client import Completion, Teacher, TeacherError
 CACHED_STATUSES = ("ok", "rejected")
 
 
-def cache_key(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
-    body = json.dumps({"model": model, "messages": messages, "params": params}, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(body.encode()).hexdigest()
+def cache_key(model: str, messages: list[dict[str, str]], params: dict[str, Any], endpoint: str | None = None) -> str:
+    """What makes two calls the same call; `endpoint` is None for an in-process teacher."""
+    body: dict[str, Any] = {"model": model, "messages": messages, "params": params}
+    if endpoint is not None:
+        body["endpoint"] = endpoint
+    text = json.dumps(body, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def endpoint_id(base_url: str | None) -> str | None:
+    """The server a base_url names: scheme, host, port and path, lower-cased host, no trailing
+    slash. Credentials in it (`user:pass@`, `?key=...`) are left out: they are not the endpoint,
+    and this value is stored with each call."""
+    if not base_url:
+        return None
+    parts = urlsplit(base_url.strip())
+    host = (parts.hostname or "").lower() + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/"), "", ""))
 
 
 def prompt_hash(messages: list[dict[str, str]]) -> str:
@@ -97,8 +119,11 @@ class CallCache:
         cost: float,
         tags: list[str],
         error: str | None = None,
+        created_at: float | None = None,
     ) -> int:
-        """One durable row per finished call (autocommit: SQLite syncs the WAL on commit)."""
+        """One durable row per finished call (autocommit: SQLite syncs the WAL on commit).
+        `created_at`: the caller's timestamp, so the live answer and a later cache hit carry the same
+        time (provenance records it; two clock reads a second apart made a cached re-run a new version)."""
         response = {"text": comp.text, "raw": comp.raw, "attempts": comp.attempts} if comp else None
         cur = self.store.execute(
             "INSERT INTO calls (kind, cache_key, model, request, response, status, error, prompt_tokens, "
@@ -116,7 +141,7 @@ class CallCache:
                 cost,
                 comp.latency_ms if comp else None,
                 dumps(tags),
-                time.time(),
+                time.time() if created_at is None else created_at,
             ),
         )
         return int(cur.lastrowid)
@@ -158,7 +183,7 @@ class TeacherSession:
         return cost
 
     async def chat(self, messages: list[dict[str, str]], params: dict[str, Any]) -> CallResult:
-        key = cache_key(self.config.model, messages, params)
+        key = cache_key(self.config.model, messages, params, endpoint_id(self.config.base_url))
         hit = self.cache.get(key)
         if hit is not None:
             self.stats.cache_hits += 1
@@ -181,6 +206,8 @@ class TeacherSession:
 
     async def _send(self, key: str, messages: list[dict[str, str]], params: dict[str, Any]) -> CallResult:
         request = {"model": self.config.model, "messages": messages, "params": params}
+        if self.config.base_url:
+            request["endpoint"] = endpoint_id(self.config.base_url)
         tags = [f"teacher:{self.name}"]
         async with self._slots:
             self.stats.requests += 1
@@ -194,7 +221,8 @@ class TeacherSession:
         self.stats.prompt_tokens += comp.prompt_tokens
         self.stats.completion_tokens += comp.completion_tokens
         self.stats.cost += cost
-        call_id = self.cache.put(key, request, comp, cost, tags)
+        created_at = time.time()
+        call_id = self.cache.put(key, request, comp, cost, tags, created_at=created_at)
         return CallResult(
             text=comp.text,
             call_id=call_id,
@@ -203,6 +231,6 @@ class TeacherSession:
             completion_tokens=comp.completion_tokens,
             cost=cost,
             latency_ms=comp.latency_ms,
-            created_at=time.time(),
+            created_at=created_at,
             raw=comp.raw,
         )

@@ -4,7 +4,7 @@ Point an application's `base_url` at `protege capture --upstream URL` and every 
 is forwarded unchanged (streams chunk by chunk, as they arrive) while the request, the answer
 (for a stream: the assembled text and usage), latency and tags are written to the workspace's
 `calls` table (kind=capture). Credentials are forwarded but never stored: headers are not logged
-at all, and key-like fields or values in bodies are redacted. Each answer carries
+at all, and credentials in bodies, answers, tags and errors are redacted (`redact`). Each answer carries
 `X-Protege-Call-Id`, the handle for `POST /v1/feedback`.
 """
 
@@ -27,8 +27,36 @@ from protege.store import Store, dumps
 CALL_ID_HEADER = "X-Protege-Call-Id"
 TAGS_HEADER = "X-Protege-Tags"
 REDACTED = "[redacted]"
-_KEY_NAME_RE = re.compile(r"(api[-_]?key|authorization|auth[-_]?token|access[-_]?token|secret|password|bearer)", re.I)
-_KEY_VALUE_RE = re.compile(r"\b(?:sk|pk|rk|ak)-[A-Za-z0-9_\-]{8,}|\bBearer\s+[A-Za-z0-9_\-.=]{8,}")
+# A field whose name says it holds a credential. `token` only at the end of a name, so that
+# `max_tokens` and `prompt_tokens` stay readable while `access_token` and `idToken` do not.
+_SECRET_FIELD_RE = re.compile(
+    r"api[-_]?key|apikey|access[-_]?key|private[-_]?key|secret|passw(or)?d|authori[sz]ation|credential|cookie"
+    r"|bearer|token$|^auth$",
+    re.I,
+)
+# Credentials by their shape, wherever they appear in a string. One pattern per provider so a
+# test can show each is caught; an unknown key format is still caught by its field name.
+SECRET_PATTERNS: dict[str, str] = {
+    "openai/anthropic (sk-, pk-, rk-, ak-)": r"\b(?:sk|pk|rk|ak)-[A-Za-z0-9_\-]{8,}",
+    "stripe (sk_live_, ...)": r"\b(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{8,}",
+    "hugging face (hf_)": r"\bhf_[A-Za-z0-9]{16,}",
+    "google (AIza)": r"\bAIza[0-9A-Za-z_\-]{30,}",
+    "github (ghp_, gho_, ghu_, ghs_, ghr_)": r"\bgh[pousr]_[A-Za-z0-9]{20,}",
+    "github fine-grained (github_pat_)": r"\bgithub_pat_[A-Za-z0-9_]{20,}",
+    "aws access key id (AKIA, ASIA)": r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b",
+    "groq (gsk_)": r"\bgsk_[A-Za-z0-9]{20,}",
+    "slack (xoxb-, xoxp-, xoxa-, ...)": r"\bxox[abposr]-[A-Za-z0-9\-]{10,}",
+    "jwt": r"\beyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*",
+    "private key block": r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----",
+    "authorization header value": r"\b(?:Bearer|Basic|Token)\s+[A-Za-z0-9_\-.=~+/]{8,}",
+}
+_SECRET_VALUE_RE = re.compile("|".join(f"(?:{p})" for p in SECRET_PATTERNS.values()), re.S)
+# `password=...`, `"api_key": "..."`, `?token=...` inside a string (a pasted config, a URL).
+_SECRET_ASSIGNMENT_RE = re.compile(
+    r"""(\b(?:api[-_]?key|apikey|access[-_]?key|secret[-_]?key|client[-_]?secret|secret|passw(?:or)?d"""
+    r"""|(?:access|auth|refresh|id)[-_]?token|token)\b["']?\s*[:=]\s*["']?)([^\s"',;&]{4,})""",
+    re.I,
+)
 _HOP_HEADERS = {
     "host",
     "content-length",
@@ -45,14 +73,29 @@ _DROP_RESPONSE_HEADERS = {"content-length", "content-encoding", "transfer-encodi
 
 
 def redact(value: Any) -> Any:
-    """A copy with key-like fields and key-looking strings replaced, at any depth."""
+    """A copy with credentials replaced, at any depth: a string value of a field named like a
+    credential (api_key, password, secret, ...token, authorization), and anything shaped like a
+    key (SECRET_PATTERNS) or assigned to a key-like name inside any string."""
     if isinstance(value, dict):
-        return {k: REDACTED if _KEY_NAME_RE.search(str(k)) else redact(v) for k, v in value.items()}
+        return {k: _redact_field(str(k), v) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
     if isinstance(value, str):
-        return _KEY_VALUE_RE.sub(REDACTED, value)
+        return redact_text(value)
     return value
+
+
+def _redact_field(name: str, value: Any) -> Any:
+    # Objects and lists under such a name are walked, not dropped: a tool's JSON schema may well
+    # have a `password` property, and its description is no secret.
+    if _SECRET_FIELD_RE.search(name) and value is not None and not isinstance(value, dict | list | bool):
+        return REDACTED
+    return redact(value)
+
+
+def redact_text(text: str) -> str:
+    text = _SECRET_VALUE_RE.sub(REDACTED, text)
+    return _SECRET_ASSIGNMENT_RE.sub(lambda m: m.group(1) + REDACTED, text)
 
 
 def parse_tags(header: str | None, metadata: Any) -> list[str]:
@@ -128,7 +171,7 @@ class CallLog:
     def start(self, body: dict[str, Any], tags: list[str]) -> int:
         cur = self.store.execute(
             "INSERT INTO calls (kind, model, request, status, tags, created_at) VALUES ('capture',?,?,'pending',?,?)",
-            (body.get("model"), dumps(redact(body)), dumps(tags), time.time()),
+            (redact(body.get("model")), dumps(redact(body)), dumps(redact(tags)), time.time()),
         )
         return int(cur.lastrowid)
 
@@ -148,7 +191,7 @@ class CallLog:
             (
                 dumps(redact(response)),
                 "ok" if ok else "error",
-                error or (None if ok else f"upstream {status_code}"),
+                redact(error) or (None if ok else f"upstream {status_code}"),
                 usage.get("prompt_tokens"),
                 usage.get("completion_tokens"),
                 latency_ms,
@@ -200,7 +243,7 @@ def create_app(store: Store, upstream: str, timeout_s: float = 600.0) -> FastAPI
             raise HTTPException(status_code=404, detail=f"no logged call {item.call_id}")
         cur = store.execute(
             "INSERT INTO feedback (call_id, rating, correction, comment, created_at) VALUES (?,?,?,?,?)",
-            (item.call_id, item.rating, item.correction, item.comment, time.time()),
+            (item.call_id, item.rating, redact(item.correction), redact(item.comment), time.time()),
         )
         return {"id": cur.lastrowid, "call_id": item.call_id}
 

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from protege.cli import JsonOpt, WorkspaceOpt
+from protege.cli_options import JsonOpt, WorkspaceOpt
+from protege.names import name_option
 
 PANEL = "teachers"
 
@@ -18,7 +19,9 @@ def distill_cmd(
     teacher: Annotated[str, typer.Option("--teacher", help="A teacher name from protege.yaml `teachers:`.")],
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight at once.")] = 4,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N inputs.")] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Dataset name (default: TASK-distilled).")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Dataset name (default: TASK-distilled).", callback=name_option)
+    ] = None,
     retries_invalid: Annotated[
         int | None,
         typer.Option(
@@ -29,7 +32,7 @@ def distill_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Run a teacher over a task's inputs: one record per input, cached, resumable."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.log import console
     from protege.tasks import load_task
     from protege.teachers.distill import distill
@@ -53,14 +56,14 @@ def self_instruct_cmd(
     seeds: Annotated[Path, typer.Option("--seeds", help="Seed tasks (Alpaca seed_tasks.jsonl format).")],
     num: Annotated[int, typer.Option("--num", min=1, help="New tasks to generate.")],
     teacher: Annotated[str, typer.Option("--teacher", help="A teacher name from protege.yaml `teachers:`.")],
-    name: Annotated[str, typer.Option("--name", help="Dataset name.")] = "self-instruct",
+    name: Annotated[str, typer.Option("--name", help="Dataset name.", callback=name_option)] = "self-instruct",
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1)] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed: the same seed re-runs from the cache.")] = 0,
     workspace_: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Stanford Alpaca's self-instruct: new instructions, filtered by ROUGE-L, each with an instance."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.log import console
     from protege.teachers.selfinstruct import self_instruct
 
@@ -82,7 +85,7 @@ def capture_cmd(
     workspace_: WorkspaceOpt = None,
 ) -> None:
     """A logging proxy: point clients at it; calls are logged to the workspace, keys never are."""
-    from protege.cli import workspace
+    from protege.cli_options import workspace
     from protege.log import console
     from protege.teachers.capture import serve_capture
 
@@ -106,7 +109,7 @@ def logs_list(
     from rich.console import Console
     from rich.table import Table
 
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.teachers.logs import list_calls
 
     calls = list_calls(workspace(workspace_).store, kind, tag, limit)
@@ -126,14 +129,14 @@ def logs_list(
 
 @logs_app.command("export")
 def logs_export(
-    name: Annotated[str, typer.Option("--name", help="Dataset to create.")],
+    name: Annotated[str, typer.Option("--name", help="Dataset to create.", callback=name_option)],
     tag: Annotated[str | None, typer.Option("--tag", help="Only calls with this tag.")] = None,
     min_rating: Annotated[float | None, typer.Option("--min-rating", help="Only calls rated at least this.")] = None,
     workspace_: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Captured calls -> a dataset (a correction from feedback replaces the answer)."""
-    from protege.cli import print_json, workspace
+    from protege.cli_options import print_json, workspace
     from protege.log import console
     from protege.teachers.logs import export_logs
 

@@ -10,20 +10,22 @@ reason, so it is visible for review but never mixed into training data.
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from rich.progress import TextColumn
 
 from protege.config import TeacherConfig
-from protege.data.records import Record, iter_jsonl, save_dataset
+from protege.data.files import read_rows
+from protege.data.records import Record, save_dataset
 from protege.errors import DataError, ProtegeError, UserError
 from protege.log import console, progress
+from protege.names import check_name
 from protege.tasks import Task
 from protege.teachers.cache import CallResult, TeacherSession, prompt_hash
 from protege.teachers.client import TeacherError, get_teacher_config, make_teacher
@@ -57,38 +59,18 @@ class DistillResult:
 
 
 def read_inputs(path: str | Path, limit: int | None = None) -> list[Input]:
-    """JSONL (one object per line) or CSV (a header row); a bad line names file:line."""
+    """JSONL, a JSON array or CSV/TSV (a header row); a bad line names file:line. An empty CSV
+    cell reads as "" (every row has every column, so a template can use any of them)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: inputs file not found")
-    rows = _read_csv(path, limit) if path.suffix.lower() in (".csv", ".tsv") else _read_jsonl(path, limit)
-    if not rows:
-        raise DataError(f"{path}: no inputs")
-    return rows
-
-
-def _read_jsonl(path: Path, limit: int | None) -> list[Input]:
     rows: list[Input] = []
-    for n, obj in iter_jsonl(path):
-        if limit and len(rows) >= limit:
-            break
+    for n, obj in islice(read_rows(path, empty_as_missing=False), limit or None):  # lines past it are not read
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{n}: expected a JSON object of fields, got {type(obj).__name__}")
         rows.append(Input(obj, n))
-    return rows
-
-
-def _read_csv(path: Path, limit: int | None) -> list[Input]:
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        rows = []
-        for row in reader:
-            if limit and len(rows) >= limit:
-                break
-            if None in row or any(v is None for v in row.values()):
-                raise DataError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames or [])} columns")
-            rows.append(Input(dict(row), reader.line_num))
+    if not rows:
+        raise DataError(f"{path}: no inputs")
     return rows
 
 
@@ -221,7 +203,7 @@ def distill(
     """Run `teacher` over the inputs, save dataset `name` and a `runs` row (kind=distill)."""
     config = get_teacher_config(ws.config.teachers, teacher)
     inputs = read_inputs(inputs_path, limit)
-    name = name or f"{task.name}-distilled"
+    name = check_name(name or f"{task.name}-distilled", "dataset name")  # before any call is paid for
     run = f"distill-{name}"
     retries = config.invalid_retries if retries_invalid is None else retries_invalid
     if config.terms:

@@ -11,6 +11,7 @@ from typing import Any
 
 from protege.data.records import Record, save_dataset
 from protege.errors import DataError
+from protege.names import check_name
 from protege.store import Store, loads
 
 _CALLS_SQL = """
@@ -76,6 +77,7 @@ def call_to_record(call: dict[str, Any]) -> Record | None:
 
 def export_logs(store: Store, name: str, tag: str | None = None, min_rating: float | None = None) -> dict[str, Any]:
     """Save the captured calls matching `tag` (and rated >= `min_rating`) as dataset `name`."""
+    check_name(name, "dataset name")
     calls = list_calls(store, "capture", tag, limit=-1)
     if min_rating is not None:
         calls = [c for c in calls if c["rating"] is not None and c["rating"] >= min_rating]

@@ -23,10 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from protege.data.records import Record, iter_jsonl, save_dataset
+from protege.data.files import read_rows
+from protege.data.records import Record, save_dataset
+from protege.data.text import rouge_l_tokens
+from protege.data.text import words as rouge_tokens
 from protege.errors import DataError, UserError
-from protege.evaluate.metrics import rouge_l_tokens
 from protege.log import console, progress
+from protege.names import check_name
 from protege.teachers.cache import CallResult, TeacherSession, prompt_hash
 from protege.teachers.client import get_teacher_config, make_teacher
 from protege.workspace import Workspace
@@ -85,7 +88,7 @@ def load_seeds(path: str | Path) -> list[SeedTask]:
     if not path.exists():
         raise UserError(f"{path}: seed file not found")
     seeds = []
-    for n, obj in iter_jsonl(path):
+    for n, obj in read_rows(path):
         if not isinstance(obj, dict) or not isinstance(obj.get("instruction"), str):
             raise DataError(f"{path}:{n}: instruction: missing or not a string")
         instances = obj.get("instances") or []
@@ -98,13 +101,8 @@ def load_seeds(path: str | Path) -> list[SeedTask]:
 
 
 # ---- ROUGE-L --------------------------------------------------------------------------------
-# ROUGE-L itself is the evaluation metric's (protege.evaluate.metrics), over these tokens.
+# Words and ROUGE-L are protege.data.text's, the same as the evaluation's text score.
 rouge_l = rouge_l_tokens
-
-
-def rouge_tokens(text: str) -> list[str]:
-    """rouge-score's default tokenisation (lowercase, alphanumeric runs), without its stemmer."""
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
 
 
 class Pool:
@@ -344,6 +342,7 @@ def self_instruct(
     seed: int = 0,
 ) -> SelfInstructResult:
     """Generate `num` new tasks with one instance each and save them as dataset `name`."""
+    check_name(name, "dataset name")  # before any call is paid for
     config = get_teacher_config(ws.config.teachers, teacher)
     seeds = load_seeds(seeds_path)
     if config.terms:

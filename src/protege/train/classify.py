@@ -21,15 +21,12 @@ def predict_labels(
 
 
 def label_metrics(gold: list[str | None], pred: list[str], labels: list[str]) -> dict[str, float]:
-    """Accuracy and macro-F1 (mean over labels of per-label F1; a label never predicted nor present scores 0)."""
+    """Accuracy and macro-F1 of the records that have a gold label, by `protege.metrics` (macro-F1 over
+    all of `labels`), so a run's `eval_macro_f1` is the number `protege eval` reports for the same answers."""
+    from protege.metrics import accuracy, macro_f1
+
     pairs = [(g, p) for g, p in zip(gold, pred, strict=True) if g is not None]
     if not pairs:
         return {}
-    acc = sum(g == p for g, p in pairs) / len(pairs)
-    f1s = []
-    for lab in labels:
-        tp = sum(g == lab and p == lab for g, p in pairs)
-        fp = sum(g != lab and p == lab for g, p in pairs)
-        fn = sum(g == lab and p != lab for g, p in pairs)
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return {"accuracy": acc, "macro_f1": sum(f1s) / len(f1s)}
+    g, p = [x for x, _ in pairs], [y for _, y in pairs]
+    return {"accuracy": accuracy(g, p), "macro_f1": macro_f1(g, p, labels)}

@@ -10,9 +10,11 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from protege.data.files import read_rows
 from protege.errors import DataError, UserError
 from protege.models.choice import answer_tokens
 
@@ -79,21 +81,11 @@ def load_conversations(
 def _from_jsonl(path: Path, task: Any | None, limit: int | None) -> Conversations:
     chats: list[list[dict[str, str]]] = []
     labels: list[str | None] = []
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            digest.update(raw)
-            if limit is not None and len(chats) >= limit:
-                continue
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON: {e.msg}") from None
-            chat, label = _row_to_chat(row, task, path, lineno)
-            chats.append(chat)
-            labels.append(label)
+    for lineno, row in islice(read_rows(path), limit):
+        chat, label = _row_to_chat(row, task, path, lineno)
+        chats.append(chat)
+        labels.append(label)
+    digest = hashlib.sha256(path.read_bytes())
     if not chats:
         raise DataError(f"{path}: no examples")
     return Conversations(chats, labels, {"path": str(path), "sha256": digest.hexdigest(), "n": len(chats)})

@@ -3,8 +3,9 @@
 Why our own loop rather than transformers' Trainer / TRL's SFTTrainer: on a 2-core CPU the
 measured cost of a step is dominated by padding, the full-vocabulary head on every token and fp32
 matmuls. This loop feeds padding-free packed rows, computes the head only on answer tokens
-(model.AnswerLoss), runs the frozen base in bf16 and steps a fused AdamW; bench/train.py measures
-the gain against SFTTrainer on the same job. Distributed runs go through accelerate (DDP).
+(model.AnswerLoss), runs matmuls under bf16 autocast where the hardware has it (models.precision)
+and steps a fused AdamW; bench/train.py measures the gain against SFTTrainer on the same job.
+Distributed runs go through accelerate (DDP).
 
 The data order is a pure function of (seed, step), so `--resume` replays exactly the batches an
 uninterrupted run would have seen; checkpoints hold the trainable weights, optimiser, scheduler,
@@ -114,8 +115,23 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _load_tensors(path: Path) -> Any:
+    """torch.load with weights_only=True: a run folder may have been copied from elsewhere, and a
+    full unpickle would run whatever code the file names. Tensors, optimiser, scheduler and RNG
+    state need nothing more."""
+    import pickle
+
+    from protege.errors import UserError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: refused to load: it holds more than tensors and plain state ({first})") from None
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: Any, sched: Any) -> LoopState:
-    weights = torch.load(path / "trainable.pt", map_location="cpu")
+    weights = _load_tensors(path / "trainable.pt")
     missing = set(weights) - {n for n, _ in model.named_parameters()}
     if missing:
         raise RuntimeError(f"{path}: checkpoint does not match the model ({sorted(missing)[:3]} ...)")
@@ -123,7 +139,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: Any, sched: Any) ->
     with torch.no_grad():
         for n, w in weights.items():
             params[n].copy_(w)
-    extra = torch.load(path / "optim.pt", map_location="cpu", weights_only=False)
+    extra = _load_tensors(path / "optim.pt")
     opt.load_state_dict(extra["optimizer"])
     sched.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["rng"])

@@ -1,6 +1,6 @@
-"""LoRA and QLoRA through PEFT: the frozen base stays in its compact dtype (bf16 on this CPU), the
-adapter weights stay in float32 (PEFT's autocast_adapter_dtype), so updates are not lost to bf16
-rounding while the big matmuls run at bf16 speed."""
+"""LoRA and QLoRA through PEFT. The frozen base is loaded in the run's weight dtype (float32 unless
+`dtype: bfloat16`; bf16 matmuls come from autocast, models.precision); the adapter weights stay in
+float32 (PEFT's autocast_adapter_dtype), so small updates are not lost to bf16 rounding."""
 
 from __future__ import annotations
 

@@ -51,7 +51,8 @@ class AnswerLoss(torch.nn.Module):
         self.kd = kd
         self.autocast = autocast
 
-    def _ctx(self) -> Any:
+    def precision_context(self) -> Any:
+        """torch.autocast for the run's matmul dtype (bf16-mixed), or nothing."""
         if self.autocast is None:
             return contextlib.nullcontext()
         device = "cuda" if next(self.model.parameters()).is_cuda else "cpu"
@@ -64,11 +65,11 @@ class AnswerLoss(torch.nn.Module):
             "attention_mask": attention_mask,
             "pred_idx": pred_idx,
         }
-        with self._ctx():
+        with self.precision_context():
             logits = answer_logits(self.model, batch)
         if self.teacher is None:
             return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
-        with torch.no_grad():
+        with torch.no_grad(), self.precision_context():
             t_logits = answer_logits(self.teacher, batch)
         return kd_loss_sum(logits, t_logits, targets, self.kd.temperature, self.kd.alpha)
 

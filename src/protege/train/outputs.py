@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from protege.models.precision import describe_host
 from protege.train.config import TrainConfig
 
 
@@ -56,10 +57,13 @@ def model_card(
 ) -> str:
     terms = sorted(set(teacher_terms) | set(train_data.source.get("terms") or []))
     shown = {k: v for k, v in metrics.items() if k != "history"}
+    host = describe_host(metrics.get("host") or {})
     lines = [
         f"# {cfg.run_name}",
         "",
         f"Fine-tuned from `{cfg.base}` with protege (`{cfg.method}`).",
+        "",
+        f"Precision: `{metrics.get('precision')}` (config `dtype: {cfg.dtype}`; host: {host}).",
         "",
         "## Data",
         "",

@@ -13,6 +13,7 @@ import torch
 
 from protege.errors import UserError
 from protege.log import console
+from protege.models.precision import Precision, host_info, training_precision
 from protege.train.config import TrainConfig
 
 
@@ -28,7 +29,7 @@ def _threads(cfg: TrainConfig) -> int:
 def _accelerator() -> Any:
     from accelerate import Accelerator
 
-    # our own dtype handling (bf16 frozen base / fp32 adapters or autocast), so no mixed_precision here
+    # our own precision handling (models.precision: autocast over float32 weights), so none here
     return Accelerator(cpu=not torch.cuda.is_available())
 
 
@@ -40,25 +41,23 @@ def load_causal_lm(path: str, dtype: torch.dtype) -> Any:
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
 
 
-def build_model(cfg: TrainConfig, resolved: Any, device: Any) -> tuple[Any, torch.dtype | None]:
-    """(model ready to train, autocast dtype or None)."""
-    from protege.models.load import pick_dtype
+def build_model(cfg: TrainConfig, resolved: Any, device: Any, precision: Precision) -> Any:
+    """The model ready to train under `precision` (see models.precision: `auto` is bf16 autocast over
+    float32 weights where the hardware has bf16, else float32). Trainable weights are float32 always."""
     from protege.train.full import prepare_full
     from protege.train.lora import attach_lora, load_4bit, require_qlora
 
     if resolved.is_adapter:
         raise UserError(f"base {cfg.base}: is an adapter; train on its base model (or merge it first)")
-    dtype = pick_dtype(cfg.dtype)
     path = str(resolved.path)
     if cfg.method == "qlora":
         require_qlora()
-        return attach_lora(load_4bit(path, dtype), cfg.lora), None
+        return attach_lora(load_4bit(path, precision.autocast or precision.weights), cfg.lora)
     if cfg.method == "full":
-        model = prepare_full(load_causal_lm(path, torch.float32))
-        return model.to(device), (dtype if dtype != torch.float32 else None)
-    base = load_causal_lm(path, dtype)
+        return prepare_full(load_causal_lm(path, torch.float32)).to(device)
+    base = load_causal_lm(path, precision.weights)
     base.config.use_cache = False
-    return attach_lora(base, cfg.lora).to(device), None
+    return attach_lora(base, cfg.lora).to(device)
 
 
 def train(cfg: TrainConfig, workspace: Any = None, resume: bool = False) -> dict[str, Any]:
@@ -66,6 +65,7 @@ def train(cfg: TrainConfig, workspace: Any = None, resume: bool = False) -> dict
     from transformers import set_seed
 
     from protege.models.load import load_tokenizer, resolve_model, with_default_system
+    from protege.names import check_name
     from protege.tasks import load_task
     from protege.train.data import load_conversations, tokenize_all
     from protege.train.loop import LoopInputs, run_loop
@@ -73,6 +73,7 @@ def train(cfg: TrainConfig, workspace: Any = None, resume: bool = False) -> dict
     from protege.workspace import open_workspace
 
     ws = workspace or open_workspace()
+    check_name(cfg.run_name, "run name")
     acc = _accelerator()
     torch.set_num_threads(_threads(cfg))
     set_seed(cfg.seed)
@@ -96,23 +97,31 @@ def train(cfg: TrainConfig, workspace: Any = None, resume: bool = False) -> dict
             f"[yellow]{truncated} of {len(examples)} training examples were longer than max_length="
             f"{cfg.max_length} tokens and were truncated (prompt first)[/]"
         )
-    model, autocast = build_model(cfg, resolved, acc.device)
+    precision = training_precision(cfg.dtype)
+    if cfg.method == "full" and precision.name == "bfloat16":
+        precision = training_precision("bf16-mixed")  # full weights stay float32: bf16 updates would vanish
+    model = build_model(cfg, resolved, acc.device, precision)
     teacher = None
     if cfg.method == "kd":
         from protege.train.kd import load_teacher
 
-        teacher = load_teacher(cfg.teacher, cfg.dtype, model.get_output_embeddings().weight.shape[0]).to(acc.device)
+        student_vocab = model.get_output_embeddings().weight.shape[0]
+        teacher = load_teacher(cfg.teacher, precision, tok, student_vocab).to(acc.device)
     if cfg.compile:
         model = torch.compile(model)
-    loss_module = AnswerLoss(model, teacher, cfg.kd, autocast)
+    loss_module = AnswerLoss(model, teacher, cfg.kd, precision.autocast)
 
     if acc.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
-        ws.store.start_run(cfg.run_name, "train", cfg.model_dump(mode="json"), str(output))
+        record = cfg.model_dump(mode="json") | {"precision": precision.name, "host": host_info()}
+        ws.store.start_run(cfg.run_name, "train", record, str(output))
     evaluate, metric = _evaluator(cfg, model, tok, eval_data, labels, loss_module)
     t0 = time.perf_counter()
+    if precision.emulated:
+        console.print(f"no native bf16 on this CPU: {precision.name} matmuls emulated (bf16 numbers, float32 speed)")
     try:
-        state = run_loop(LoopInputs(cfg, examples, loss_module, acc, output, evaluate, metric, resume))
+        with precision.matmul_context():
+            state = run_loop(LoopInputs(cfg, examples, loss_module, acc, output, evaluate, metric, resume))
     except KeyboardInterrupt:
         if acc.is_main_process:
             ws.store.finish_run(cfg.run_name, "interrupted", None)
@@ -124,6 +133,9 @@ def train(cfg: TrainConfig, workspace: Any = None, resume: bool = False) -> dict
     seconds = time.perf_counter() - t0
     metrics = _summary(state, seconds, len(examples), truncated)
     metrics["processes"] = acc.num_processes
+    metrics["precision"] = precision.name
+    metrics["bf16_matmul"] = ("emulated" if precision.emulated else "native") if precision.name != "float32" else None
+    metrics["host"] = host_info()
     if acc.is_main_process:
         from protege.train.outputs import write_outputs
 
@@ -160,7 +172,7 @@ def _evaluator(
         out = {"eval_loss": total / max(1, n)}
         if labels:
             prompts = [c[:-1] for c in eval_data.chats]
-            with loss_module._ctx():
+            with loss_module.precision_context():
                 pred = predict_labels(model, tok, prompts, labels, max_length=cfg.max_length)
             out.update({f"eval_{k}": v for k, v in label_metrics(eval_data.labels, pred, labels).items()})
         return out

@@ -1,16 +1,24 @@
-"""The demo's data, written by the project itself: customer-support messages to route to a team.
+"""The demo's task and data, written by the project itself: customer-support messages to route to a team.
 
 Deterministic (seeded) so every machine distils, trains and scores the same records. Messages are
 built from per-team request phrasings with varied greetings, details and sign-offs; the held-out
 set uses a different seed and keeps its gold team, which the student never sees in training
 (it learns only from the teacher's answers to the unlabelled inputs).
+
+Only `protege demo` uses this (it was in evaluate/, but it feeds the demo's first stages: the
+teacher labels these inputs, the held-out set becomes a dataset), so it sits beside `demo.py`, above
+every stage; it imports only the base (records, tasks).
 """
 
 from __future__ import annotations
 
 import json
 import random
+from importlib import resources
 from pathlib import Path
+
+from protege.data.records import Record
+from protege.tasks import Task
 
 LABELS = ["payment", "delivery", "account", "technical"]
 
@@ -89,6 +97,11 @@ SLOTS = {
 }
 
 
+def task_path() -> Path:
+    """The shipped support-routing task (also examples/tasks/support.yaml)."""
+    return Path(str(resources.files("protege") / "assets" / "demo" / "support.yaml"))
+
+
 def message(rng: random.Random, label: str) -> str:
     text = rng.choice(REQUESTS[label])
     text = text[0].upper() + text[1:] if not (greeting := rng.choice(GREETINGS)) else greeting + text
@@ -106,15 +119,38 @@ def generate(n: int, seed: int) -> list[dict[str, str]]:
     return rows
 
 
+INPUTS_SEED, HELDOUT_SEED = 7, 1234
+
+
+def heldout_rows(n: int) -> list[dict[str, str]]:
+    """The held-out messages with their gold teams (the same on every machine)."""
+    return generate(n, seed=HELDOUT_SEED)
+
+
 def write_demo_data(folder: str | Path, n_inputs: int = 300, n_heldout: int = 100) -> dict[str, Path]:
     """inputs.jsonl (messages only: what the teacher labels) and heldout.jsonl (messages with gold teams)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"inputs": folder / "inputs.jsonl", "heldout": folder / "heldout.jsonl"}
-    inputs = [{"message": r["message"]} for r in generate(n_inputs, seed=7)]
+    inputs = [{"message": r["message"]} for r in generate(n_inputs, seed=INPUTS_SEED)]
     _write(paths["inputs"], inputs)
-    _write(paths["heldout"], generate(n_heldout, seed=1234))
+    _write(paths["heldout"], heldout_rows(n_heldout))
     return paths
+
+
+def heldout_records(task: Task, rows: list[dict[str, str]]) -> list[Record]:
+    """Gold-labelled records in the project's convention (student prompt + answer, input kept)."""
+    return [
+        Record(
+            messages=task.student_messages({"message": r["message"]}) + [{"role": "assistant", "content": r["label"]}],
+            label=r["label"],
+            metadata={"input": {"message": r["message"]}},
+            provenance={"source": "protege demo (generated)", "line": i + 1},
+            review="accepted",
+            split="test",
+        )
+        for i, r in enumerate(rows)
+    ]
 
 
 def _write(path: Path, rows: list[dict[str, str]]) -> None:

@@ -1,0 +1,5 @@
+"""`python -m protege`: the same command as the installed `protege` script."""
+
+from protege.cli import main
+
+main()
