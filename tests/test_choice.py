@@ -45,6 +45,7 @@ def tolerance(model) -> float:
     return 1e-3 if model.dtype == torch.float32 else 0.1
 
 
+@pytest.mark.slow  # over 10 s
 def test_serve_train_and_teacher_score_choices_alike(tiny_model, tmp_path):
     from protege.config import TeacherConfig
     from protege.models.load import load_model, load_tokenizer
@@ -59,34 +60,38 @@ def test_serve_train_and_teacher_score_choices_alike(tiny_model, tmp_path):
     # training's label evaluation (several prompts in one pass, a shared head among them)
     trained = score_choices(model, tok, PROMPTS, LABELS).tolist()
     assert predict_labels(model, tok, PROMPTS, LABELS) == best
+    assert predict_labels(model, tok, PROMPTS, LABELS[::-1]) == best  # the label, not its position, wins
 
     # an in-process teacher (its own model, loaded as teachers load it)
     teacher = LocalTeacher(TeacherConfig(model=str(tiny_model)))
 
-    async def ask_teacher() -> list:
-        return [await teacher.complete(p, {"extra_body": {"choices": LABELS}}) for p in PROMPTS]
+    async def ask_teacher(labels: list[str]) -> list:
+        return [await teacher.complete(p, {"extra_body": {"choices": labels}}) for p in PROMPTS]
 
-    answers = asyncio.run(ask_teacher())
+    answers, reversed_answers = asyncio.run(ask_teacher(LABELS)), asyncio.run(ask_teacher(LABELS[::-1]))
     teacher_model = teacher._load()[0]
 
     # protege serve over HTTP
     with ServerProcess(tiny_model, workspace=tmp_path / "ws", extra_args=["--threads", "1"]) as srv:
         client = OpenAI(base_url=srv.base_url, api_key="none", max_retries=0, timeout=120)
-        served = [
-            client.chat.completions.create(model=str(tiny_model), messages=p, extra_body={"choices": LABELS})
-            for p in PROMPTS
-        ]
+        served, served_reversed = (
+            [
+                client.chat.completions.create(model=str(tiny_model), messages=p, extra_body={"choices": labels})
+                for p in PROMPTS
+            ]
+            for labels in (LABELS, LABELS[::-1])
+        )
 
     for i in range(len(PROMPTS)):
         assert trained[i] == pytest.approx(expected[i], abs=1e-3)
         scores = served[i].model_extra["choice_scores"]
         assert [scores[lab] for lab in LABELS] == pytest.approx(expected[i], abs=1e-3)
         assert served[i].choices[0].message.content == best[i]
+        assert served_reversed[i].choices[0].message.content == best[i]
         local = answers[i].raw["choice_scores"]
         assert [local[lab] for lab in LABELS] == pytest.approx(expected[i], abs=tolerance(teacher_model))
         if teacher_model.dtype == torch.float32:
-            assert answers[i].text == best[i]
-    assert LABELS[0] not in best, "the winner must not be the first label, or `always the first` would pass"
+            assert answers[i].text == reversed_answers[i].text == best[i]
 
 
 def test_label_tokens_follow_the_chat_template(tiny_model):

@@ -371,6 +371,7 @@ ROWS = [
 ]
 
 
+@pytest.mark.slow  # over 10 s
 def test_an_adapter_in_a_dotted_folder_trains_serves_and_evaluates(ws, tiny_model, tmp_path):
     """Paths with a dot (`mktemp -d`, `~/.cache`, `./runs/x`) used to become PEFT adapter names,
     which torch refuses: `protege eval --models student=FOLDER` died at start-up."""

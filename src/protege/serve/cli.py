@@ -70,7 +70,7 @@ def serve(
     ] = False,
 ) -> None:
     """Serve MODEL (and adapters) behind OpenAI's /v1/chat/completions, /v1/completions and /v1/models."""
-    from protege.cli import workspace
+    from protege.cli_options import workspace
     from protege.log import console
     from protege.serve.admin import AdminPolicy
     from protege.serve.app import build_engine, run_server
