@@ -215,6 +215,7 @@ def test_label_eval_over_http(ws, tiny_model):
                                                for c in LABELS] for r in LABELS]  # fmt: skip
     # the teacher prompt (instructions + a few-shot turn) is longer than the student prompt
     assert teacher["prompt_tokens_mean"] > local["prompt_tokens_mean"]
+    assert teacher["dtype"] == local["dtype"] == "float32"  # what the servers report: auto on a CPU
     # no training run among the models: the majority comes from the eval data (3 and 3: the task's first label)
     majority = summary["majority"]
     assert majority["label"] == "billing" and majority["score"] == 0.5
@@ -225,6 +226,7 @@ def test_label_eval_over_http(ws, tiny_model):
     again = run_eval(ws, task, data, {"local": str(tiny_model)}, name="ev2")
     assert again["models"]["local"]["cached_from"] == "ev1"
     assert again["models"]["local"]["score"] == local["score"]
+    assert again["models"]["local"]["dtype"] == "float32"
 
 
 @pytest.mark.slow  # over 10 s

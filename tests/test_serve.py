@@ -71,7 +71,8 @@ def greedy(client: OpenAI, content: str, model: str, max_tokens: int = 12) -> st
 
 
 def test_health_and_models(server, client, tiny_model):
-    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+    health = httpx.get(f"{server.url}/health").json()
+    assert health["status"] == "ok" and health["dtype"] == "float32"  # auto is float32 on any CPU
     ids = {m.id for m in client.models.list().data}
     assert {str(tiny_model), "lora-a"} <= ids
 

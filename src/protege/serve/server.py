@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from protege.errors import DataError
 from protege.models.choice import best_choice
+from protege.models.precision import dtype_name
 from protege.serve.admin import AdminPolicy, admin_router
 from protege.serve.decode import FinishEvent, SamplingParams, TokenEvent
 from protege.serve.engine import Engine, Job, QueueFull, UnknownModel
@@ -56,7 +57,12 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "models": [c["id"] for c in engine.model_cards()], "inflight": engine.inflight}
+        return {
+            "status": "ok",
+            "models": [c["id"] for c in engine.model_cards()],
+            "inflight": engine.inflight,
+            "dtype": dtype_name(engine.dtype),
+        }
 
     if admin is not None:
         app.include_router(admin_router(engine, admin), prefix="/v1")
