@@ -22,7 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from protege.data.records import load_records  # noqa: E402
 from protege.paths import shared_data_dir  # noqa: E402
-from protege.serve.launch import ServerProcess  # noqa: E402
+from protege.server_process import ServerProcess  # noqa: E402
 from protege.tasks import Task  # noqa: E402
 from protege.teachers.distill import distill  # noqa: E402
 from protege.workspace import init_workspace  # noqa: E402

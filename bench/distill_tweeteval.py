@@ -35,7 +35,7 @@ from protege.data.records import Record, load_records, save_dataset
 from protege.evaluate.runner import run_eval
 from protege.metrics import majority_baseline, versus_majority
 from protege.paths import shared_data_dir
-from protege.serve.launch import ServerProcess
+from protege.server_process import ServerProcess
 from protege.tasks import Task
 from protege.teachers.distill import distill
 from protege.train.config import DataConfig, TrainConfig

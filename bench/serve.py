@@ -21,7 +21,7 @@ from pathlib import Path
 
 from openai import OpenAI
 
-from protege.serve.launch import ServerProcess
+from protege.server_process import ServerProcess
 
 MODEL = "smollm2-135m-instruct"
 RESULTS = Path(__file__).parent / "results" / "serve.json"

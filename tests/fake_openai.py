@@ -18,7 +18,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from protege.serve.launch import free_port
+from protege.server_process import free_port
 
 Responder = Callable[[dict[str, Any]], str]
 

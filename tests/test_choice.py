@@ -49,7 +49,7 @@ def tolerance(model) -> float:
 def test_serve_train_and_teacher_score_choices_alike(tiny_model, tmp_path):
     from protege.config import TeacherConfig
     from protege.models.load import load_model, load_tokenizer
-    from protege.serve.launch import ServerProcess
+    from protege.server_process import ServerProcess
     from protege.teachers.client import LocalTeacher
     from protege.train.classify import predict_labels, score_choices
 

@@ -187,7 +187,7 @@ def test_label_eval_over_http(ws, tiny_model):
     from sklearn.metrics import f1_score
 
     from protege.config import TeacherConfig
-    from protege.serve.launch import ServerProcess
+    from protege.server_process import ServerProcess
 
     task = Task(name="route", instructions="Route the message.", input="{{ message }}",
                 output={"kind": "label", "labels": LABELS},
@@ -232,7 +232,7 @@ def test_label_eval_over_http(ws, tiny_model):
 @pytest.mark.slow  # over 10 s
 def test_text_eval_with_judge_and_cli(ws, tiny_model, tmp_path):
     """`protege eval` as a user runs it: a teacher from protege.yaml (also the judge) and a local model."""
-    from protege.serve.launch import ServerProcess
+    from protege.server_process import ServerProcess
 
     task_file = tmp_path / "echo.yaml"
     task_file.write_text("name: echo\ninput: '{{ text }}'\noutput: {kind: text}\n")

@@ -16,7 +16,7 @@ from openai import OpenAI
 
 from conftest import run_cli
 from protege.errors import ProtegeError, UserError
-from protege.serve.launch import ServerProcess
+from protege.server_process import ServerProcess
 
 KEY = "test-key-123"
 ADMIN = "admin-key-456"

@@ -14,7 +14,7 @@ import pytest
 
 from protege.errors import UserError
 from protege.serve.admin import AdminPolicy
-from protege.serve.launch import ServerProcess
+from protege.server_process import ServerProcess
 from test_serve import make_adapter
 
 KEY = "api-key-7f3a"

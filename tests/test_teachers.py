@@ -366,7 +366,7 @@ def _metric(url: str, name: str) -> float:
 
 @pytest.mark.slow  # over 10 s
 def test_real_protege_serve_teacher_sigkill_and_resume(ws, tmp_path, tiny_model):
-    from protege.serve.launch import ServerProcess
+    from protege.server_process import ServerProcess
 
     inputs = tmp_path / "in.jsonl"
     inputs.write_text("".join(json.dumps({"text": f"tweet number {i}"}) + "\n" for i in range(50)))

@@ -4,7 +4,7 @@ table of contents. `run_demo` reads top to bottom, one stage per step, each a ca
 1. pull      the bundled model, teacher and the student's base           protege.models.fetch
 2. data      the shipped support-routing task; unlabelled inputs and      protege.demo_data, protege.data
              a held-out set with gold teams
-3. teacher   a local `protege serve` (or OPENAI_BASE_URL/OPENAI_API_KEY)  protege.serve.launch,
+3. teacher   a local `protege serve` (or OPENAI_BASE_URL/OPENAI_API_KEY)  protege.server_process,
              labels the inputs (long instructions, few-shot examples,     protege.teachers.distill
              constrained choice)
 4. train     a LoRA student on the teacher's labels, the bare message as  protege.train
@@ -38,7 +38,7 @@ from protege.evaluate.report import write_report
 from protege.evaluate.runner import run_eval
 from protege.log import console
 from protege.models.fetch import pull
-from protege.serve.launch import ServerProcess
+from protege.server_process import ServerProcess
 from protege.tasks import Task, load_task
 from protege.teachers.distill import distill
 from protege.train.config import DataConfig, LoraConfig, TrainConfig

@@ -45,7 +45,7 @@ def predict(
         local = urlparse(t.base_url or "").hostname in LOCAL_HOSTS
         dtype = server_dtype(t.base_url) if local else None
         return Answers(_predict_all(spec, client, t.model, prompts, task, constrained, tokens), dtype)
-    from protege.serve.launch import ServerProcess
+    from protege.server_process import ServerProcess
 
     # an adapter is served folded into its base, as a single student is deployed (PEFT's separate
     # LoRA matmuls would add ~20% to every request on CPU)

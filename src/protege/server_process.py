@@ -1,7 +1,9 @@
 """Start `protege serve` as a child process and wait until it answers /health.
 
 Teachers, evaluation, the demo, tests and benchmarks all talk to local models over HTTP through
-this, so every path exercises the real server, exactly as a user's client would.
+this, so every path exercises the real server, exactly as a user's client would. It lives in the
+base, not in serve/: it starts the `protege serve` command and imports none of the server, so the
+stages before serve (teachers, evaluate) may use it.
 
 Keys reach the child through its environment (PROTEGE_API_KEY, PROTEGE_ADMIN_KEY), never its
 command line, which any user of the machine can read in `ps`. The child's output is kept in the
