@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from protege.models.precision import describe_host, host_info
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "demo.json"
@@ -42,20 +43,6 @@ def run_demo(workspace: Path) -> tuple[dict, float]:
     if proc.returncode != 0:
         sys.exit(f"protege demo failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout), time.perf_counter() - start
-
-
-def host() -> dict[str, Any]:
-    """What the figures were measured on (they depend on it: cores, and bf16 support for `auto`)."""
-    cpu = platform.processor() or platform.machine()
-    flags = ""
-    if Path("/proc/cpuinfo").exists():
-        info = Path("/proc/cpuinfo").read_text()
-        cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), cpu)
-        flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags.split(), "gpu": gpu}
 
 
 # ---- aggregation ------------------------------------------------------------------------------------
@@ -101,8 +88,7 @@ def readme_lines(result: dict[str, Any]) -> list[str]:
     """The table under "What `make demo` shows", generated: medians of the runs, the majority row."""
     med, n = result["median"], len(result["runs"])
     names = {"teacher": "teacher (few-shot)", "student": "student (LoRA)", "base": "base (untuned, short prompt)"}
-    h = result.get("host")
-    where = f"{h['cores']} cores ({h['cpu']}), {h.get('gpu') or 'no GPU'}" if h else "a host not recorded"
+    where = describe_host(result["host"]) if result.get("host") else "a host not recorded"
     lines = [
         f"Median of {n} fresh run{'s' if n > 1 else ''} of `bench/demo.py` (range over the runs in brackets when "
         f"they differ; the interval is that of the run with the median speedup), measured on {where}:",
@@ -175,7 +161,7 @@ def main() -> int:
                 runs.append({**{k: out[k] for k in ("models", "majority", "student_vs_teacher")}, "seconds": seconds})
             cached, cached_s = run_demo(Path(tmp) / f"ws{args.runs - 1}")
         result = finish({
-            "host": host(),
+            "host": host_info(),
             "runs": runs,
             "cached_run_s": round(cached_s, 1),
             "cached_run_same_answers": cached["models"] == runs[-1]["models"],

@@ -17,10 +17,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import httpx
+
 os.environ.setdefault("PROTEGE_QUIET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from protege.data.records import load_records  # noqa: E402
+from protege.models.precision import describe_host, host_info  # noqa: E402
 from protege.paths import shared_data_dir  # noqa: E402
 from protege.server_process import ServerProcess  # noqa: E402
 from protege.tasks import Task  # noqa: E402
@@ -107,7 +110,8 @@ def summary_lines(r: dict) -> list[str]:
     """Markdown for the README (bench/run_all.py pastes it in); ratios are against concurrency 1."""
     fixed = r["fixed_latency_teacher"]["levels"]
     lines = [
-        f"Teacher: {r['teacher']}, {r['inputs']}, max_tokens {r['max_tokens']}.",
+        f"Teacher: {r['teacher']}, {r['inputs']}, max_tokens {r['max_tokens']}, {r.get('dtype', 'float32')}; "
+        f"host: {describe_host(r['host']) if r.get('host') else 'not recorded'}.",
         "",
         "| concurrency | real model req/s | x c1 | fixed 0.25 s teacher req/s | x c1 |",
         "|---|---|---|---|---|",
@@ -144,6 +148,7 @@ def main() -> None:
             for c in (1, 4, 16)
         }
         cached = run_level(tmp / "c16", srv.base_url, args.model, inputs, 16, args.max_tokens)
+        dtype = httpx.get(f"{srv.url}/health").json()["dtype"]
         fixed = fixed_latency_levels(tmp)
     base = levels[1]["requests_per_s"]
     for level in levels.values():
@@ -154,6 +159,8 @@ def main() -> None:
         "inputs": f"{args.n} rows of {source}",
         "max_tokens": args.max_tokens,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, shared with other jobs",
+        "dtype": dtype,
+        "host": host_info(),
         "warmup_seconds": warm["seconds"],
         "levels": {str(c): v for c, v in levels.items()},
         "cache_rerun": cached,

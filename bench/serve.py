@@ -19,8 +19,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 from openai import OpenAI
 
+from protege.models.precision import describe_host, host_info
 from protege.server_process import ServerProcess
 
 MODEL = "smollm2-135m-instruct"
@@ -80,11 +82,12 @@ def batch_stats(url: str) -> dict:
     return {"batches": int(count), "mean_rows": round(values.get("sum", 0) / count, 2) if count else 0}
 
 
-def summary_lines(rows: list[dict], baseline_tps: float, max_tokens: int) -> list[str]:
+def summary_lines(rows: list[dict], baseline_tps: float, max_tokens: int, dtype: str, host: dict) -> list[str]:
     """Markdown table for the README: the ratio column is against one-at-a-time (1 client, measured
     before and after the batched levels in the same run)."""
     lines = [
-        f"Greedy chat, {MODEL}, max_tokens={max_tokens}, {os.cpu_count()} CPU cores, float32. "
+        f"Greedy chat, {MODEL}, max_tokens={max_tokens}, {dtype} (as the server reports it); "
+        f"host: {describe_host(host)}. "
         f"Baseline: one request at a time ({baseline_tps:.1f} tok/s, mean of before and after).",
         "",
         "| clients | tok/s | p50 latency (s) | p95 latency (s) | vs one-at-a-time |",
@@ -124,12 +127,15 @@ def main() -> None:
         after, texts = level(client, 1, items[: args.baseline_requests], args.max_tokens)
         mismatches += sum(a != b for a, b in zip(texts, base_texts, strict=True))
         batches = batch_stats(srv.url)
+        dtype = httpx.get(f"{srv.url}/health").json()["dtype"]
     baseline_tps = (base["tokens_per_s"] + after["tokens_per_s"]) / 2
     ratio = rows[-1]["tokens_per_s"] / baseline_tps
     result = {
         "model": MODEL,
         "max_tokens": args.max_tokens,
         "cpu_count": os.cpu_count(),
+        "dtype": dtype,
+        "host": host_info(),
         "levels": rows,
         "baseline_after": after,
         "baseline_tokens_per_s": round(baseline_tps, 2),
@@ -141,7 +147,7 @@ def main() -> None:
         "note": "one-at-a-time baseline measured before and after in the same run (mean); the machine may be "
         "shared, compare ratios only",
     }
-    result["summary"] = summary_lines(rows, baseline_tps, args.max_tokens)
+    result["summary"] = summary_lines(rows, baseline_tps, args.max_tokens, dtype, result["host"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     for r in rows:

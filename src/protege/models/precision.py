@@ -145,6 +145,8 @@ def host_info() -> dict[str, Any]:
     cuda = _cuda_bf16()
     info: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if cuda is not None else "cpu",
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
         "cpu_bf16": _cpuinfo_has_bf16(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -155,6 +157,14 @@ def host_info() -> dict[str, Any]:
     return info
 
 
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown CPU"
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown CPU")
+
+
 def describe_host(info: dict[str, Any]) -> str:
     """`host_info()` in words, for model cards and bench summaries: whether bf16 was native is a
     property of the host, never of the project."""
@@ -162,7 +172,8 @@ def describe_host(info: dict[str, Any]) -> str:
         return str(info["device"])
     bf16 = "with" if info.get("cpu_bf16") else "without"
     forced = f", {ENV_CPU_BF16}={info[ENV_CPU_BF16]}" if info.get(ENV_CPU_BF16) else ""
-    return f"CPU {bf16} AVX512-BF16/AMX, {info.get('threads')} threads{forced}"
+    cores = f"{info['cores']} cores, " if info.get("cores") else ""
+    return f"{info.get('cpu') or 'CPU'} {bf16} AVX512-BF16/AMX ({cores}{info.get('threads')} threads{forced})"
 
 
 def bf16_matmul_emulation() -> Any:
