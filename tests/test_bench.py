@@ -100,13 +100,13 @@ def _run(speedup: float, latency: float, score: float = 0.56) -> dict:
 
 
 def test_demo_bench_reports_the_median_run_not_the_best():
-    result = demo.finish({"host": {"cpu": "x", "cores": 2, "gpu": None}, "cached_run_s": 15.0,
+    result = demo.finish({"host": {"device": "cpu", "cpu": "x", "cores": 2, "threads": 2, "cpu_bf16": False}, "cached_run_s": 15.0,
                           "runs": [_run(4.3, 280), _run(3.5, 362), _run(3.9, 300)]})  # fmt: skip
     med = result["median"]
     assert med["student_vs_teacher"]["speedup_p50"] == {"median": 3.9, "range": [3.5, 4.3]}
     assert med["models"]["student"]["latency_p50_ms"] == {"median": 300, "range": [280, 362]}
     table = "\n".join(result["readme"])
-    assert "Median of 3 fresh runs" in table and "2 cores (x), no GPU" in table
+    assert "Median of 3 fresh runs" in table and "x without AVX512-BF16/AMX (2 cores, 2 threads)" in table
     assert "speed **3.9x (3.5-4.3x)** per request" in table and "4.3x**" not in table
     assert "| student (LoRA) | 0.56 (0.46-0.66) | 0.45 | above | 33 | 300 ms (280-362 ms) | $0.040 |" in table
     assert "| majority: always 'payment' (the most frequent teacher label) | 0.26 (0.14-0.38) | 0.10 |" in table
