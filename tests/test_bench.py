@@ -100,7 +100,8 @@ def _run(speedup: float, latency: float, score: float = 0.56) -> dict:
 
 
 def test_demo_bench_reports_the_median_run_not_the_best():
-    result = demo.finish({"host": {"device": "cpu", "cpu": "x", "cores": 2, "threads": 2, "cpu_bf16": False}, "cached_run_s": 15.0,
+    host = {"device": "cpu", "cpu": "x", "cores": 2, "threads": 2, "cpu_bf16": False}
+    result = demo.finish({"host": host, "cached_run_s": 15.0,
                           "runs": [_run(4.3, 280), _run(3.5, 362), _run(3.9, 300)]})  # fmt: skip
     med = result["median"]
     assert med["student_vs_teacher"]["speedup_p50"] == {"median": 3.9, "range": [3.5, 4.3]}
