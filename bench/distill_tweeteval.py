@@ -34,6 +34,7 @@ from protege.config import TeacherConfig
 from protege.data.records import Record, load_records, save_dataset
 from protege.evaluate.runner import run_eval
 from protege.metrics import majority_baseline, versus_majority
+from protege.models.precision import describe_host, host_info
 from protege.paths import shared_data_dir
 from protege.server_process import ServerProcess
 from protege.tasks import Task
@@ -101,6 +102,17 @@ NAMES = {
 }
 
 
+TRAIN_KEYS = ("seconds", "final_loss", "tokens_per_s", "precision")
+
+
+def precision_line(result: dict) -> str:
+    """Which precision trained and served the models, and on what host."""
+    trained = {t.get("precision") or "float32" for t in result["train"].values()}
+    served = {m.get("dtype") or "float32" for m in result["models"].values()}
+    host = describe_host(result["host"]) if result.get("host") else result.get("host_note", "host not recorded")
+    return f"Training precision {', '.join(sorted(trained))}; serving {', '.join(sorted(served))}; host: {host}."
+
+
 def summary_lines(result: dict) -> list[str]:
     """The README's table: every model on the same test rows, ratios against the teacher, the majority
     row, and what the figures say, written from the figures."""
@@ -130,6 +142,7 @@ def summary_lines(result: dict) -> list[str]:
     if note := result.get("majority_note"):
         lines += ["", note]
     t = result["timings_s"]
+    lines += ["", precision_line(result)]
     lines += ["", f"Distil {t['distill_s']:.0f} s, train {t['train_distilled_s']:.0f} + {t['train_gold_s']:.0f} s, "
               f"eval {t['eval_s']:.0f} s."]  # fmt: skip
     return lines
@@ -186,6 +199,8 @@ def resummarise() -> int:
     result["majority"] = majority(pool, test_rows)
     for m in result["models"].values():
         m["vs_majority"] = versus_majority(m["score_ci"], result["majority"]["score"])
+    if "host" not in result:  # the stored run predates host records; its closing note (stop 9) names the host
+        result["host_note"] = "AMD EPYC without AVX512-BF16, 2 cores (from the run's closing note; not recorded then)"
     result["majority_note"] = (
         "The majority row and the vs-majority column were computed afterwards from ../shared/data and the "
         "stored figures (`--resummarise`); the models were not rerun. Macro-F1 is over all four labels, "
@@ -286,8 +301,9 @@ def main() -> int:
         "metric": "accuracy (95% bootstrap CI); ratios against the teacher in this run",
         "teacher_agreement_with_gold_on_train_subset": agreement,
         "distill": distilled.summary(),
-        "train": {"student_teacher_labels": {k: m_distilled.get(k) for k in ("seconds", "final_loss", "tokens_per_s")},
-                  "student_gold_labels": {k: m_gold.get(k) for k in ("seconds", "final_loss", "tokens_per_s")}},
+        "train": {"student_teacher_labels": {k: m_distilled.get(k) for k in TRAIN_KEYS},
+                  "student_gold_labels": {k: m_gold.get(k) for k in TRAIN_KEYS}},
+        "host": host_info(),
         "models": table,
         "majority": {**summary["majority"], "source": MAJORITY_SOURCE},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
