@@ -273,8 +273,11 @@ def test_two_processes_match_one(job, ws, tmp_path):
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["processes"] == 2
     a, b = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
     assert a.keys() == b.keys()
+    # Adam moves a weight by up to lr (1e-2) a step; where a gradient is near zero, summation order alone
+    # moves its normalised update a little (measured: one element of 512 off by 5e-5). A wrong split of the
+    # batch across processes moves weights by a sizeable fraction of lr: 1e-4 (1% of lr) catches that.
     for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4)
     la = json.loads((tmp_path / "one" / "metrics.json").read_text())["history"]
     lb = json.loads((tmp_path / "two" / "metrics.json").read_text())["history"]
     assert [h["loss"] for h in lb] == pytest.approx([h["loss"] for h in la], rel=1e-3)
