@@ -19,7 +19,10 @@ from protege.serve.limits import DEFAULT_MAX_BODY_MB
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the top-level app (panel: serve)."""
+    from protege.serve.export.cli import export_cmd
+
     app.command("serve", rich_help_panel="serve")(serve)
+    app.command("export", rich_help_panel="serve")(export_cmd)
 
 
 def serve(
