@@ -60,6 +60,9 @@ class TeacherConfig(Strict):
     constrained_choices: bool = False
     """For label tasks, send the label set as `extra_body={"choices": [...]}` (protege serve
     answers with the most likely label). Leave off for endpoints that reject unknown fields."""
+    batch_price_factor: float = Field(default=0.5, ge=0)
+    """Share of `price` charged for answers through the Batch API (`distill --batch`); OpenAI bills
+    batch requests at half price."""
 
 
 class WorkspaceConfig(Strict):

@@ -182,8 +182,48 @@ class TeacherSession:
             cost = comp.latency_ms / 3.6e6 * self._local_rate
         return cost
 
+    def key(self, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
+        """The cache key of this call to this teacher (online and Batch API calls share it)."""
+        return cache_key(self.config.model, messages, params, endpoint_id(self.config.base_url))
+
+    def request(self, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
+        """The request as the calls table stores it."""
+        request = {"model": self.config.model, "messages": messages, "params": params}
+        if self.config.base_url:
+            request["endpoint"] = endpoint_id(self.config.base_url)
+        return request
+
+    def record(
+        self,
+        key: str,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+        comp: Completion,
+        tags: list[str],
+        price_factor: float = 1.0,
+    ) -> CallResult:
+        """Store an answer under `key` and count its tokens and cost (`price_factor`: e.g. the Batch
+        API's discount)."""
+        cost = self.cost(comp) * price_factor
+        self.stats.prompt_tokens += comp.prompt_tokens
+        self.stats.completion_tokens += comp.completion_tokens
+        self.stats.cost += cost
+        created_at = time.time()
+        call_id = self.cache.put(key, self.request(messages, params), comp, cost, tags, created_at=created_at)
+        return CallResult(
+            text=comp.text,
+            call_id=call_id,
+            key=key,
+            prompt_tokens=comp.prompt_tokens,
+            completion_tokens=comp.completion_tokens,
+            cost=cost,
+            latency_ms=comp.latency_ms,
+            created_at=created_at,
+            raw=comp.raw,
+        )
+
     async def chat(self, messages: list[dict[str, str]], params: dict[str, Any]) -> CallResult:
-        key = cache_key(self.config.model, messages, params, endpoint_id(self.config.base_url))
+        key = self.key(messages, params)
         hit = self.cache.get(key)
         if hit is not None:
             self.stats.cache_hits += 1
@@ -205,9 +245,6 @@ class TeacherSession:
             del self._inflight[key]
 
     async def _send(self, key: str, messages: list[dict[str, str]], params: dict[str, Any]) -> CallResult:
-        request = {"model": self.config.model, "messages": messages, "params": params}
-        if self.config.base_url:
-            request["endpoint"] = endpoint_id(self.config.base_url)
         tags = [f"teacher:{self.name}"]
         async with self._slots:
             self.stats.requests += 1
@@ -215,22 +252,6 @@ class TeacherSession:
                 comp = await self.teacher.complete(messages, params)
             except TeacherError as e:
                 self.stats.errors += 1
-                self.cache.put(key, request, None, 0.0, tags, error=str(e))
+                self.cache.put(key, self.request(messages, params), None, 0.0, tags, error=str(e))
                 raise
-        cost = self.cost(comp)
-        self.stats.prompt_tokens += comp.prompt_tokens
-        self.stats.completion_tokens += comp.completion_tokens
-        self.stats.cost += cost
-        created_at = time.time()
-        call_id = self.cache.put(key, request, comp, cost, tags, created_at=created_at)
-        return CallResult(
-            text=comp.text,
-            call_id=call_id,
-            key=key,
-            prompt_tokens=comp.prompt_tokens,
-            completion_tokens=comp.completion_tokens,
-            cost=cost,
-            latency_ms=comp.latency_ms,
-            created_at=created_at,
-            raw=comp.raw,
-        )
+        return self.record(key, messages, params, comp, tags)

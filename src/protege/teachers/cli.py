@@ -28,6 +28,13 @@ def distill_cmd(
             "--retries-invalid", min=0, help="Re-asks for an invalid answer (default: the teacher's invalid_retries)."
         ),
     ] = None,
+    batch: Annotated[
+        bool, typer.Option("--batch", help="Send through the teacher's Batch API first (half price at OpenAI).")
+    ] = False,
+    batch_id: Annotated[
+        str | None, typer.Option("--batch-id", help="Resume this batch (implies --batch; a rerun finds its own).")
+    ] = None,
+    poll_seconds: Annotated[float, typer.Option("--poll-seconds", min=0.01, help="Batch status poll interval.")] = 30.0,
     workspace_: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -37,10 +44,28 @@ def distill_cmd(
     from protege.tasks import load_task
     from protege.teachers.distill import distill
 
-    result = distill(workspace(workspace_), load_task(task), inputs, teacher, concurrency, limit, name, retries_invalid)
+    result = distill(
+        workspace(workspace_),
+        load_task(task),
+        inputs,
+        teacher,
+        concurrency,
+        limit,
+        name,
+        retries_invalid,
+        batch=batch,
+        batch_id=batch_id,
+        poll_s=poll_seconds,
+    )
     summary = result.summary()
     if as_json:
         return print_json(summary)
+    if result.batch:
+        b = result.batch
+        console.print(
+            f"batch {b['batch_id'] or '-'}: {b['status']}, {b['answered']} of {b['sent']} answered"
+            + (f", {b['failed']} asked online" if b["failed"] else "")
+        )
     console.print(
         f"[green]distilled[/] {summary['dataset']}: {result.n_records} records ({result.n_rejected} rejected) in "
         f"{summary['seconds']}s; {summary['requests']} requests sent, {summary['cache_hits']} cache hits, "

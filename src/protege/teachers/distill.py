@@ -46,9 +46,11 @@ class DistillResult:
     n_rejected: int
     stats: dict[str, Any]
     seconds: float
+    batch: dict[str, Any] | None = None
+    """What the Batch API step did (`--batch`), or None for an online-only run."""
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out = {
             "dataset": f"{self.dataset['name']}@{self.dataset['version']}",
             "run": self.run,
             "records": self.n_records,
@@ -56,6 +58,7 @@ class DistillResult:
             "seconds": round(self.seconds, 2),
             **self.stats,
         }
+        return out | ({"batch": self.batch} if self.batch is not None else {})
 
 
 def read_inputs(path: str | Path, limit: int | None = None) -> list[Input]:
@@ -199,8 +202,13 @@ def distill(
     limit: int | None = None,
     name: str | None = None,
     retries_invalid: int | None = None,
+    batch: bool = False,
+    batch_id: str | None = None,
+    poll_s: float = 30.0,
 ) -> DistillResult:
-    """Run `teacher` over the inputs, save dataset `name` and a `runs` row (kind=distill)."""
+    """Run `teacher` over the inputs, save dataset `name` and a `runs` row (kind=distill). `batch`:
+    send the first asks through the teacher's Batch API first (teachers/batch.py), resuming
+    `batch_id` or the run's saved batch; the online path then asks only what the batch did not answer."""
     config = get_teacher_config(ws.config.teachers, teacher)
     inputs = read_inputs(inputs_path, limit)
     name = check_name(name or f"{task.name}-distilled", "dataset name")  # before any call is paid for
@@ -216,6 +224,7 @@ def distill(
         "concurrency": concurrency,
         "limit": limit,
         "retries_invalid": retries,
+        "batch": bool(batch or batch_id),
     }
     ws.store.start_run(run, "distill", run_config, None)
     start = time.perf_counter()
@@ -229,7 +238,10 @@ def distill(
         finally:
             await client.aclose()
 
+    report = None
     try:
+        if batch or batch_id:
+            report = _batch_first(distiller, inputs, ws, run, batch_id, poll_s)
         records = asyncio.run(main())
     except TeacherError as e:
         ws.store.finish_run(run, "failed", session.stats.as_dict())
@@ -251,9 +263,35 @@ def distill(
         "terms": config.terms,
     }
     info = save_dataset(ws.store, name, records, source=source)
-    result = DistillResult(info, run, len(records), n_rejected, session.stats.as_dict(), time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    batch_info = report.as_dict() if report else None
+    result = DistillResult(info, run, len(records), n_rejected, session.stats.as_dict(), elapsed, batch_info)
     ws.store.finish_run(run, "done", result.summary())
     return result
+
+
+def _batch_first(
+    distiller: Distiller, inputs: list[Input], ws: Workspace, run: str, batch_id: str | None, poll_s: float
+) -> Any:
+    """The Batch API step: the first ask of every input with no cached answer, as one batch."""
+    from protege.teachers.batch import Pending, run_batch
+
+    session = distiller.session
+    pending: dict[str, Pending] = {}
+    for item in inputs:
+        try:
+            messages = distiller.task.teacher_messages(item.fields)
+        except DataError as e:
+            raise DataError(f"{distiller.source}:{item.line}: {e}") from None
+        params = teacher_params(session.config, distiller.task, 0)
+        key = session.key(messages, params)
+        if key not in pending and session.cache.get(key) is None:
+            pending[key] = Pending(messages, params)
+    try:
+        return run_batch(session, pending, ws.artifacts, run, batch_id, poll_s)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: the batch goes on at the teacher; run the same command to resume it[/]")
+        raise
 
 
 def _done_note(session: TeacherSession) -> str:

@@ -28,6 +28,7 @@ import torch
 from protege.log import console, progress
 from protege.train.config import TrainConfig
 from protege.train.data import Example, collate, epoch_order
+from protege.train.distributed import configure_deepspeed, is_deepspeed, is_sharded
 from protege.train.model import to_device
 
 
@@ -92,15 +93,29 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(
-    folder: Path, model: torch.nn.Module, opt: Any, sched: Any, state: LoopState, keep: int = 2
+    folder: Path,
+    model: torch.nn.Module,
+    opt: Any,
+    sched: Any,
+    state: LoopState,
+    keep: int = 2,
+    main: bool = True,
 ) -> Path:
+    """Write a checkpoint (from the main process). A sharded (FSDP) model is gathered first, which
+    every rank must take part in: call this on all ranks with `main` telling who writes."""
+    from protege.train.distributed import full_optimizer_state, full_trainable_state
+
     path = folder / f"step-{state.step:07d}"
+    if is_sharded(model):
+        weights, optim = full_trainable_state(model), full_optimizer_state(model, opt)
+    elif main:
+        weights, optim = trainable_state(model), opt.state_dict()
+    if not main:
+        return path
     tmp = folder / f".tmp-{state.step}"
     tmp.mkdir(parents=True, exist_ok=True)
-    torch.save(trainable_state(model), tmp / "trainable.pt")
-    torch.save(
-        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state()}, tmp / "optim.pt"
-    )
+    torch.save(weights, tmp / "trainable.pt")
+    torch.save({"optimizer": optim, "scheduler": sched.state_dict(), "rng": torch.get_rng_state()}, tmp / "optim.pt")
     (tmp / "state.json").write_text(json.dumps(asdict(state), indent=1))
     if path.exists():
         shutil.rmtree(path)
@@ -131,16 +146,21 @@ def _load_tensors(path: Path) -> Any:
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: Any, sched: Any) -> LoopState:
+    from protege.train.distributed import load_full_state
+
     weights = _load_tensors(path / "trainable.pt")
     missing = set(weights) - {n for n, _ in model.named_parameters()}
     if missing:
         raise RuntimeError(f"{path}: checkpoint does not match the model ({sorted(missing)[:3]} ...)")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, w in weights.items():
-            params[n].copy_(w)
     extra = _load_tensors(path / "optim.pt")
-    opt.load_state_dict(extra["optimizer"])
+    if is_sharded(model):  # full tensors in the file, slices in the model: every rank loads its own
+        load_full_state(model, opt, weights, extra["optimizer"])
+    else:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, w in weights.items():
+                params[n].copy_(w)
+        opt.load_state_dict(extra["optimizer"])
     sched.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["rng"])
     return LoopState(**json.loads((path / "state.json").read_text()))
@@ -200,6 +220,8 @@ def run_loop(inp: LoopInputs) -> LoopState:
     plan = make_plan(len(inp.examples), cfg, acc.num_processes)
     params = [p for p in inp.loss_module.parameters() if p.requires_grad]
     opt, sched = build_optimizer(params, cfg, plan.total)
+    if is_deepspeed(acc):
+        configure_deepspeed(acc, cfg.batch_size, cfg.grad_accum, inp.resume)
     ddp_module, opt = acc.prepare(inp.loss_module, opt)
     ckpt_dir = inp.output / "checkpoints"
     state = LoopState()
@@ -218,14 +240,13 @@ def run_loop(inp: LoopInputs) -> LoopState:
         with bar if main else _null():
             _steps(inp, plan, ddp_module, opt, sched, state, bar, task_id, sinks)
     except KeyboardInterrupt:
-        if main:
+        if main and not is_sharded(inp.loss_module):  # sharded: gathering now could wait forever on a rank
             path = save_checkpoint(ckpt_dir, inp.loss_module, opt, sched, state)
             console.print(f"[yellow]interrupted: checkpoint saved to {path}; continue with --resume[/]")
         raise
     finally:
         sinks.close()
-    if main:
-        save_checkpoint(ckpt_dir, inp.loss_module, opt, sched, state)
+    save_checkpoint(ckpt_dir, inp.loss_module, opt, sched, state, main=main)
     acc.wait_for_everyone()
     return state
 
@@ -244,6 +265,10 @@ def _steps(
     cfg, acc = inp.cfg, inp.accelerator
     device = acc.device
     pad = 0
+    # DeepSpeed divides each micro-batch's loss by its gradient_accumulation_steps itself; this loop
+    # already divides by the step's target count, so that division is undone
+    deepspeed = is_deepspeed(acc)
+    scale = acc.num_processes * (cfg.grad_accum if deepspeed else 1)
     module.train()
     while state.step < plan.total and not state.stopped_early:
         t0 = time.perf_counter()
@@ -254,6 +279,8 @@ def _steps(
         for k, chunk in enumerate(micro):
             batch = to_device(collate([inp.examples[i] for i in chunk], cfg.packing, pad, cfg.share_prefix), device)
             sync = k == len(micro) - 1
+            if deepspeed:  # the engine steps at the boundary accelerate tells it, i.e. the last micro-batch
+                acc.gradient_state._set_sync_gradients(sync)
             with acc.no_sync(module) if not sync else _null():
                 loss = module(
                     batch["input_ids"],
@@ -263,7 +290,7 @@ def _steps(
                     batch["targets"],
                 )
                 # sum / global target count, times world size because DDP averages over processes
-                acc.backward(loss * acc.num_processes / max(1, n_targets))
+                acc.backward(loss * scale / max(1, n_targets))
             loss_sum += loss.detach()
         opt.step()
         sched.step()
@@ -279,8 +306,8 @@ def _steps(
         state.history.append(row)
         sinks.log(row, state.step)
         bar.update(task_id, completed=state.step, info=f"loss {step_loss:.4f}  lr {row['lr']:.2e}  {rate:.0f} tok/s")
-        if cfg.save_every and state.step % cfg.save_every == 0 and state.step < plan.total and acc.is_main_process:
-            save_checkpoint(inp.output / "checkpoints", inp.loss_module, opt, sched, state)
+        if cfg.save_every and state.step % cfg.save_every == 0 and state.step < plan.total:
+            save_checkpoint(inp.output / "checkpoints", inp.loss_module, opt, sched, state, main=acc.is_main_process)
 
 
 def _evaluate(inp: LoopInputs, module: Any, state: LoopState) -> dict[str, float]:

@@ -51,6 +51,23 @@ class AnswerLoss(torch.nn.Module):
         self.kd = kd
         self.autocast = autocast
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The transformers model's decoder-layer classes: accelerate's FSDP TRANSFORMER_BASED_WRAP reads
+        them from the module it is given (this one), and without them it would shard no layer."""
+        return list(getattr(unwrap_hf(self.model), "_no_split_modules", None) or [])
+
+    def get_input_embeddings(self) -> Any:
+        """With get_output_embeddings and tie_weights: FSDP2 groups a tied embedding and head as one unit,
+        and re-ties them after loading, as it does for a transformers model."""
+        return unwrap_hf(self.model).get_input_embeddings()
+
+    def get_output_embeddings(self) -> Any:
+        return unwrap_hf(self.model).get_output_embeddings()
+
+    def tie_weights(self) -> None:
+        unwrap_hf(self.model).tie_weights()
+
     def precision_context(self) -> Any:
         """torch.autocast for the run's matmul dtype (bf16-mixed), or nothing."""
         if self.autocast is None:

@@ -34,10 +34,15 @@ def write_outputs(
     train_data: Any,
     eval_data: Any,
     teacher_terms: list[str] | None = None,
+    state_dict: dict[str, Any] | None = None,
 ) -> None:
+    """`state_dict`: the loss module's full weights gathered from the ranks of a sharded (FSDP) run,
+    whose own parameters are slices; None when `model` holds whole weights."""
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
     is_peft = hasattr(model, "peft_config")
-    model.save_pretrained(str(output))
+    if state_dict is not None:
+        state_dict = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+    model.save_pretrained(str(output), state_dict=state_dict)
     if is_peft:
         cfg_path = output / "adapter_config.json"
         adapter_cfg = json.loads(cfg_path.read_text())
@@ -48,8 +53,21 @@ def write_outputs(
     (output / "README.md").write_text(model_card(cfg, metrics, train_data, eval_data, teacher_terms or []))
     if cfg.merge and is_peft:
         merged = output / "merged"
-        model.merge_and_unload().save_pretrained(str(merged))
+        merge_source(cfg, model, output, sharded=state_dict is not None).merge_and_unload().save_pretrained(str(merged))
         tok.save_pretrained(str(merged))
+
+
+def merge_source(cfg: TrainConfig, model: Any, output: Path, sharded: bool = False) -> Any:
+    """The adapter model to merge for `merge: true`. The trained one in memory, except when its base
+    cannot take the merge: a QLoRA base is 4-bit (folding a float update into NF4 weights would
+    re-quantise them), and a sharded (FSDP) model holds slices. Then the adapter just saved in
+    `output` is loaded over the float32 base from disk (the weights the 4-bit base was quantised
+    from) and merged there."""
+    if cfg.method != "qlora" and not sharded:
+        return model
+    from protege.models.load import load_model
+
+    return load_model(output, dtype="float32")
 
 
 def model_card(

@@ -3,6 +3,7 @@ model card, metrics.json, a `runs` row). The same function runs under `accelerat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -15,6 +16,7 @@ from protege.errors import UserError
 from protege.log import console
 from protege.models.precision import Precision, host_info, training_precision
 from protege.train.config import TrainConfig
+from protege.train.distributed import distributed_summary
 
 
 def _threads(cfg: TrainConfig) -> int:
@@ -29,8 +31,14 @@ def _threads(cfg: TrainConfig) -> int:
 def _accelerator() -> Any:
     from accelerate import Accelerator
 
+    from protege.train.distributed import enable_cpu_fsdp, fsdp_requested
+
     # our own precision handling (models.precision: autocast over float32 weights), so none here
-    return Accelerator(cpu=not torch.cuda.is_available())
+    cpu = not torch.cuda.is_available()
+    acc = Accelerator(cpu=cpu)
+    if cpu and acc.num_processes > 1 and fsdp_requested():
+        enable_cpu_fsdp(acc)
+    return acc
 
 
 def load_causal_lm(path: str, dtype: torch.dtype) -> Any:
@@ -133,13 +141,19 @@ def train(cfg: TrainConfig, workspace: Any = None, resume: bool = False) -> dict
     seconds = time.perf_counter() - t0
     metrics = _summary(state, seconds, len(examples), truncated)
     metrics["processes"] = acc.num_processes
+    metrics["distributed"] = distributed_summary(acc, loss_module)
     metrics["precision"] = precision.name
     metrics["bf16_matmul"] = ("emulated" if precision.emulated else "native") if precision.name != "float32" else None
     metrics["host"] = host_info()
+    from protege.train.distributed import full_state_dict, is_sharded
+
+    # FSDP: each rank holds a slice of every weight; gather them (all ranks take part) before saving
+    full = full_state_dict(loss_module) if is_sharded(loss_module) else None
     if acc.is_main_process:
         from protege.train.outputs import write_outputs
 
-        write_outputs(cfg, resolved, model, tok, output, metrics, train_data, eval_data, teacher_terms=_terms(ws, cfg))
+        terms = _terms(ws, cfg)
+        write_outputs(cfg, resolved, model, tok, output, metrics, train_data, eval_data, terms, state_dict=full)
         ws.store.finish_run(cfg.run_name, "done", metrics)
         console.print(f"[green]trained[/] {cfg.run_name} -> {output}")
     acc.wait_for_everyone()
@@ -154,6 +168,7 @@ def _evaluator(
         return None, ("eval_loss", False)
     from protege.train.classify import label_metrics, predict_labels
     from protege.train.data import collate, tokenize_all
+    from protege.train.distributed import is_sharded, unsharded
     from protege.train.model import to_device
 
     eval_examples, _ = tokenize_all(tok, eval_data.chats, cfg.max_length)
@@ -172,7 +187,9 @@ def _evaluator(
         out = {"eval_loss": total / max(1, n)}
         if labels:
             prompts = [c[:-1] for c in eval_data.chats]
-            with loss_module.precision_context():
+            # label scoring calls the model inside the loss module: under FSDP its weights are gathered first
+            whole = unsharded(loss_module) if is_sharded(loss_module) else contextlib.nullcontext()
+            with whole, loss_module.precision_context():
                 pred = predict_labels(model, tok, prompts, labels, max_length=cfg.max_length)
             out.update({f"eval_{k}": v for k, v in label_metrics(eval_data.labels, pred, labels).items()})
         return out
