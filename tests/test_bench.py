@@ -114,7 +114,7 @@ def test_demo_bench_reports_the_median_run_not_the_best():
     assert "3.9x (3.5-4.3x)" in result["summary"][0]
 
 
-@pytest.mark.parametrize("name", ["demo", "distill_tweeteval"])
+@pytest.mark.parametrize("name", ["demo", "distill_tweeteval", "export"])
 def test_stored_summaries_are_what_the_bench_code_writes(name):
     """The committed results' README lines are regenerated from their figures (no hand edits)."""
     stored = json.loads((BENCH / "results" / f"{name}.json").read_text())

@@ -51,8 +51,9 @@ def export_cmd(
             limit = f"tolerance {c['logit_tolerance']:.0e}" if c["logit_tolerance"] else "not gated"
             console.print(
                 f"check {'passed' if c['passed'] else '[red]FAILED[/]'}: token agreement {c['token_agreement']:.1%} "
-                f"over {c['prompts']} prompts, next-token agreement {c['top1_agreement']:.1%}; max logit diff "
-                f"{c['max_abs_logit_diff']:.3g} ({c['relative_logit_diff']:.1e} of scale, {limit})"
+                f"(required {c['min_token_agreement']:.0%}) over {c['prompts']} prompts, free-running "
+                f"{c['free_running_agreement']:.1%}; max logit diff {c['max_abs_logit_diff']:.3g} "
+                f"({c['relative_logit_diff']:.1e} of scale, {limit})"
             )
         for command in result.commands.values():
             console.print(f"  {command}")

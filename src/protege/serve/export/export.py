@@ -86,15 +86,19 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 def _refuse_early(src: Source, fmt: str) -> None:
-    """The architecture and chat-template checks, before any weights are loaded or files written."""
+    """The architecture, tokenizer and chat-template checks, before any weights are loaded or files written."""
     from transformers import AutoConfig
 
     from protege.serve.export.gguf_file import arch_of
+    from protege.serve.export.gguf_vocab import read_vocab
     from protege.serve.export.template import split_turns
 
     if fmt in QUANTISED:
-        arch_of(AutoConfig.from_pretrained(str(src.config_path.parent)))
-    split_turns(src.tokenizer)
+        config = AutoConfig.from_pretrained(str(src.config_path.parent))
+        arch_of(config)
+        read_vocab(src.tokenizer, max(config.vocab_size, len(src.tokenizer)))
+    if fmt == "ollama":  # a TEMPLATE is cut from the chat template turn by turn
+        split_turns(src.tokenizer)
 
 
 def run_export(
@@ -129,15 +133,21 @@ def run_export(
     try:
         with status(f"exporting {model} as {fmt}{f' ({quant})' if quant else ''}"):
             written = _write(src, fmt, tmp, out, quant, prompt_list, max_new_tokens, served_name)
-        result = ExportResult(
-            fmt, written.path, quant, model, time.perf_counter() - start, [], written.check, written.commands
-        )
-        result.notes = written.notes
         local = tmp / written.path.relative_to(out)
-        result.size_bytes = local.stat().st_size if local.is_file() else None
-        result.files = sorted({*written.files, "README.md", "export.json"})
+        result = ExportResult(
+            format=fmt,
+            path=written.path,
+            quant=quant,
+            source=model,
+            seconds=time.perf_counter() - start,
+            files=sorted({*written.files, "README.md", "export.json"}),
+            check=written.check,
+            commands=written.commands,
+            notes=written.notes,
+            size_bytes=local.stat().st_size if local.is_file() else None,
+        )
         (tmp / "README.md").write_text(_card(src, result))
-        (tmp / "export.json").write_text(json.dumps(result.summary() | {"path": str(result.path)}, indent=2) + "\n")
+        (tmp / "export.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
         _put_in_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -179,14 +189,13 @@ def _card(src: Source, result: ExportResult) -> str:
         lines.append(f"- weights: {result.quant.upper()} (norms float32)")
     if result.check:
         c = result.check
+        tolerance = f" (tolerance {c['logit_tolerance']:.0e})" if c["logit_tolerance"] else ""
         lines.append(
-            f"- check ({'passed' if c['passed'] else 'FAILED'}): greedy answers to {c['prompts']} prompts agree on "
-            f"{c['token_agreement']:.1%} of tokens"
-            + (f" (required {c['min_token_agreement']:.0%})" if c.get("min_token_agreement") else "")
-            + f"; largest logit difference {c['max_abs_logit_diff']:.4g} = {c['relative_logit_diff']:.2e} of the "
-            + (f"logit scale (tolerance {c['logit_tolerance']:.0e})" if c["logit_tolerance"] else "logit scale")
-            + f"; next-token agreement {c['top1_agreement']:.1%}"
-            + (f" (required {c['min_top1_agreement']:.0%})." if c.get("min_top1_agreement") else ".")
+            f"- check ({'passed' if c['passed'] else 'FAILED'}): on the {c['answer_tokens']} answer tokens of "
+            f"{c['prompts']} prompts, the same greedy pick at {c['token_agreement']:.1%} "
+            f"(required {c['min_token_agreement']:.0%}); answers generated independently agree on "
+            f"{c['free_running_agreement']:.1%} of tokens; largest logit difference {c['max_abs_logit_diff']:.4g} "
+            f"= {c['relative_logit_diff']:.2e} of the logit scale{tolerance}."
         )
     lines += [f"- `{cmd}`" for cmd in result.commands.values()]
     lines += [f"- note: {n}" for n in result.notes]

@@ -18,7 +18,7 @@ from typing import Any
 
 from protege.serve.export.check import compare
 from protege.serve.export.source import Source
-from protege.serve.export.template import end_of_turn_ids, go_template, split_turns, stop_strings
+from protege.serve.export.template import answer_stop_ids, go_template, split_turns, stop_strings
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The values vLLM accepts for --max-lora-rank (vllm.config.lora.MaxLoRARanks)."""
@@ -39,7 +39,7 @@ def write_hf(src: Source, tmp: Path, final: Path, prompts: list, max_new: int) -
 
     tok = src.tokenizer
     model = src.merged()
-    stop = end_of_turn_ids(tok, split_turns(tok))
+    stop = answer_stop_ids(tok)
     model.save_pretrained(str(tmp), safe_serialization=True)
     tok.save_pretrained(str(tmp))
     gen = GenerationConfig.from_model_config(model.config)
@@ -67,7 +67,7 @@ def write_gguf_file(src: Source, tmp: Path, final: Path, quant: str, prompts: li
     from protege.serve.export.gguf_file import write_gguf
 
     tok = src.tokenizer
-    stop = end_of_turn_ids(tok, split_turns(tok))
+    stop = answer_stop_ids(tok)
     filename = f"{src.name}-{quant}.gguf"
     write_gguf(src.merged(), tok, tmp / filename, quant, src.name, end_of_turn=stop[-1])
     loaded = AutoModelForCausalLM.from_pretrained(str(tmp), gguf_file=filename, dtype=torch.float32).eval()

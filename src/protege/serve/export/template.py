@@ -124,6 +124,15 @@ def end_of_turn_ids(tok: Any, turns: Turns) -> list[int]:
     return ids
 
 
+def answer_stop_ids(tok: Any) -> list[int]:
+    """end_of_turn_ids where the template splits into turns, else just the EOS id (a template that is
+    not per-message only matters to Ollama's TEMPLATE, which refuses it)."""
+    try:
+        return end_of_turn_ids(tok, split_turns(tok))
+    except UserError:
+        return [tok.eos_token_id]
+
+
 def special_tokens_in(tok: Any, text: str) -> list[str]:
     """The tokenizer's special tokens occurring in `text`, in order of appearance."""
     found = [(text.find(t), t) for t in tok.all_special_tokens if t and t in text]
