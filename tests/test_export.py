@@ -232,12 +232,18 @@ def test_vllm_command_names_the_real_rank(student, tmp_path):
 
 
 # ---- the command line and bad input ------------------------------------------------------------
-def test_cli_json(student, tmp_path):
-    res = run_cli("export", str(student), "--format", "gguf", "--out", str(tmp_path / "o"), "--threads", "1", "--json")
+def test_cli_json_with_a_run_name(student, tmp_path):
+    """MODEL_OR_RUN as a training run's name in the workspace; `--json` has format, path, token_agreement."""
+    ws = student.parent / "ws"
+    out_dir = tmp_path / "o"
+    res = run_cli(
+        "-w", str(ws), "export", "emotion-lora", "--format", "gguf", "--out", str(out_dir), "--threads", "1", "--json"
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout)
     assert {"format", "path", "token_agreement"} <= out.keys() and out["format"] == "gguf"
-    assert Path(out["path"]).is_file() and out["token_agreement"] >= 0.95
+    assert out["path"] == str(out_dir / "emotion-lora-f16.gguf") and Path(out["path"]).is_file()
+    assert out["token_agreement"] >= 0.95 and out["passed"]
 
 
 @pytest.mark.parametrize(
