@@ -160,9 +160,11 @@ def undo_last(store: Store, dataset: str, reviewer: str) -> dict[str, Any] | Non
         target = next((r for r in recent if r["id"] not in undone), None)
         if target is None:
             return None
-        latest = _latest_in(conn, dataset, target["record_key"])
-        if latest is not None and latest.action_id != target["id"]:
-            raise DataError(f"record {target['idx']} was changed by {latest.reviewer} after your action; not undone")
+        standing = _standing_in(conn, dataset, target["record_key"])
+        if standing is not None and standing["id"] != target["id"]:
+            raise DataError(
+                f"record {target['idx']} was changed by {standing['reviewer']} after your action; not undone"
+            )
         old = loads(target["old_value"]) or {}
         cur = conn.execute(
             "INSERT INTO review_actions (dataset, dataset_id, idx, record_key, reviewer, action, status, old_value, "
@@ -172,6 +174,15 @@ def undo_last(store: Store, dataset: str, reviewer: str) -> dict[str, Any] | Non
         )  # fmt: skip
         row = conn.execute("SELECT * FROM review_actions WHERE id=?", (cur.lastrowid,)).fetchone()
     return {"idx": target["idx"], "key": target["record_key"], "state": _state(row), "undid": target["action"]}
+
+
+def _standing_in(conn: Any, dataset: str, key: str) -> Any:
+    """The action the record's state comes from: its latest action that is not an undo nor undone."""
+    rows = conn.execute(
+        "SELECT * FROM review_actions WHERE dataset=? AND record_key=? ORDER BY id DESC", (dataset, key)
+    ).fetchall()
+    undone = {r["undoes"] for r in rows if r["action"] == "undo"}
+    return next((r for r in rows if r["action"] != "undo" and r["id"] not in undone), None)
 
 
 def history(store: Store, dataset: str, key: str) -> list[dict[str, Any]]:

@@ -55,8 +55,8 @@ def answer_check(task: Task | None, records: list[Record], dataset: str) -> Answ
             answer = stored_answer(r)
             if r.review != "rejected" and answer is not None and answer not in task.labels:
                 raise DataError(
-                    f"dataset {dataset}: record {i} has label {answer!r}, not one of task {task.name!r}'s labels "
-                    f"{task.labels}: is this the task the dataset was made for?"
+                    f"dataset {dataset}: record {i} has label {answer!r}, not one of the labels of task "
+                    f"{task.name!r} {task.labels}: is this the task the dataset was made for?"
                 )
         return AnswerCheck("label", task.labels, task)
     if seen and task.output.kind != "label":
