@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -97,6 +98,12 @@ def test_rounds_review_the_least_certain_first_and_resume(ws, tiny_model):
     more = json.loads(again.stdout)
     assert more["rounds"][:2] == out["rounds"] and more["rounds"][2]["labels_used"] == 12
     assert not set(more["rounds"][2]["chosen"]) & set(out["rounds"][0]["chosen"] + out["rounds"][1]["chosen"])
+
+    from protege.evaluate.report import write_report
+
+    report = write_report(ws, [more["run"]])  # `protege report` of a rounds run: the score-vs-labels curve
+    page = Path(report["html"]).read_text()
+    assert page.count("data:image/png;base64,") == 1 and "simulated" in page and "labels used" in page
 
 
 def test_one_simulated_round_picks_the_least_certain(ws, tiny_model):

@@ -69,6 +69,8 @@ class RoundsSettings:
     scan: int | None = None
     """Score at most this many unreviewed records per round (a seeded sample) to choose from."""
     seed: int = 0
+    threads: int | None = None
+    """CPU threads for the model (default: torch's, all cores); 1 is far faster on cores other jobs share."""
     name: str | None = None
     host: str = "127.0.0.1"
     port: int = 8300
@@ -80,6 +82,10 @@ def run_rounds(ws: Workspace, s: RoundsSettings) -> dict[str, Any]:
     """All rounds (resuming an interrupted run of the same settings); returns the JSON result."""
     task = load_task(s.task)
     run = Run.open(ws, s, task)
+    if s.threads:
+        import torch
+
+        torch.set_num_threads(s.threads)
     try:
         pool = load_records(ws.store, run.state["pool"])
         check = answer_check(task, pool, run.pool_name)
@@ -323,6 +329,8 @@ def train_config(s: RoundsSettings, task: Task, dataset: str, name: str) -> Trai
     data (2 epochs, the bare input as prompt, an empty system turn as in the demo's student)."""
     fields = {"base": s.base, "task": str(Path(s.task).resolve()), "output": f"runs/{name}", "name": name,
               "data": DataConfig(train=dataset)}  # fmt: skip
+    if s.threads:
+        fields["threads"] = s.threads
     if s.train:
         cfg = load_train_config(s.train)
         return cfg.model_copy(update=fields)

@@ -44,6 +44,9 @@ def rounds_cmd(
         int | None, typer.Option(min=1, help="Score at most N unreviewed records per round to choose from.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seeds the random order, sampling and training.")] = 0,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="CPU threads for the model (1 is faster on cores other jobs share).")
+    ] = None,
     name: Annotated[
         str | None, typer.Option(help="Run name [default: rounds-TASK-POOL-ORDER].", callback=name_option)
     ] = None,
@@ -63,7 +66,7 @@ def rounds_cmd(
     settings = RoundsSettings(
         task=str(task), pool=pool, base=base, rounds=rounds, per_round=per_round, order=order, eval=eval_data,
         eval_limit=eval_limit, simulate_from=simulate_from, train=str(train) if train else None,
-        teacher_fill=teacher_fill, scan=scan, seed=seed, name=name, host=host, port=port, token=token,
+        teacher_fill=teacher_fill, scan=scan, seed=seed, threads=threads, name=name, host=host, port=port, token=token,
     )  # fmt: skip
     result = run_rounds(workspace(workspace_), settings)
     if as_json:
