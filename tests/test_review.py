@@ -247,6 +247,44 @@ def test_cli_refuses_bad_input_in_one_line(ws, tmp_path):
     assert empty.returncode == 1 and "nothing exported" in empty.stderr
 
 
+def test_overlap_sends_a_share_of_records_to_a_second_reviewer_and_filters_apply(ws):
+    task = _task()
+    texts = [f"{w} is what I think about on {d}" for w in ("rain", "work", "cake", "exams", "music", "sleep")
+             for d in ("mondays", "the bus home", "holidays", "long nights")]  # fmt: skip
+    answers = [LABELS[i % 4] for i in range(len(texts))]
+    info = save_dataset(ws.store, "many", _records(task, texts, answers))
+    recs = load_records(ws.store, "many")
+    session = Session(ws.store, Settings("many", task=task, overlap=0.5, order="oldest"))
+    for i in range(len(recs)):
+        A.act(ws.store, info, i, recs[i], "ann", "accept", kind="label")
+    keys = [A.record_key(r) for r in recs]
+    shared = {i for i in range(len(recs)) if in_overlap(keys[i], 0.5)}
+    assert 0 < len(shared) < len(recs) and session.pending_for("bob") == shared and not session.pending_for("ann")
+    for i in shared:
+        A.act(ws.store, info, i, recs[i], "bob", "accept" if i % 3 else "edit", "joy", "label")
+    assert not session.pending_for("bob") and not session.pending_for("carol")
+    port = free_port()
+    with Background(create_app(session), "127.0.0.1", port):
+        page = httpx.get(f"http://127.0.0.1:{port}/?reviewer=bob&label=joy").text
+    assert f"{len(shared)} records judged twice" in page and "Cohen's kappa" in page
+    assert session.queue({"label": "joy"}) == [i for i in range(len(recs)) if answers[i] == "joy"]
+    assert session.queue({"status": "edited"}) == sorted(i for i in shared if i % 3 == 0 and answers[i] != "joy")
+    assert session.queue({"source": "big"}) == list(range(len(recs)))
+
+
+def test_edits_are_checked_against_the_task():
+    from protege.review.checks import AnswerCheck
+
+    schema = {"type": "object", "properties": {"team": {"type": "string"}}, "required": ["team"]}
+    task = Task(name="route", output={"kind": "json", "schema": schema})
+    check = AnswerCheck("json", [], task)
+    assert check.check('{"team": "billing"}') == ('{"team": "billing"}', None)
+    assert check.check("{team: billing")[1].startswith("not valid JSON")
+    assert "does not match the schema" in check.check('{"queue": 1}')[1]
+    assert AnswerCheck("label", LABELS).check("Joy")[1] == "'Joy' is not one of the labels anger, joy, optimism, sadness"
+    assert AnswerCheck("text").check("  ")[1] == "empty answer"
+
+
 def test_a_new_database_gets_the_review_tables(ws):
     conn = sqlite3.connect(ws.root / "protege.db")
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}

@@ -188,7 +188,17 @@ def _context(session: Session, reviewer: str, filters: dict[str, str], at: int |
         "compare": session.sides is not None,
         "sides": [s.name for s in session.sides] if session.sides else None,
         "preferences": preference_summary(session.store, session.name) if session.sides else None,
+        "reviewers": _between_reviewers(session) if session.settings.overlap > 0 else None,
     }
+
+
+def _between_reviewers(session: Session) -> dict[str, Any]:
+    """Agreement and Cohen's kappa between reviewers on the overlap records, for the progress bar."""
+    from protege.review.actions import all_actions, reviewer_verdicts
+    from protege.review.stats import between_reviewers
+
+    verdicts = reviewer_verdicts(all_actions(session.store, session.name))
+    return between_reviewers(verdicts, session.check.kind == "label")
 
 
 def _fragment(
