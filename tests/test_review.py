@@ -281,7 +281,8 @@ def test_edits_are_checked_against_the_task():
     assert check.check('{"team": "billing"}') == ('{"team": "billing"}', None)
     assert check.check("{team: billing")[1].startswith("not valid JSON")
     assert "does not match the schema" in check.check('{"queue": 1}')[1]
-    assert AnswerCheck("label", LABELS).check("Joy")[1] == "'Joy' is not one of the labels anger, joy, optimism, sadness"
+    refused = "'Joy' is not one of the labels anger, joy, optimism, sadness"
+    assert AnswerCheck("label", LABELS).check("Joy")[1] == refused
     assert AnswerCheck("text").check("  ")[1] == "empty answer"
 
 
