@@ -35,7 +35,10 @@ REPORT = OUT.with_suffix(".html")
 TASK = ROOT / "examples" / "tasks" / "emotion.yaml"
 BASE = "smollm2-135m-instruct"
 ORDERS = ("uncertainty", "random")
-FULL = {"pool_n": 1000, "eval_n": 150, "rounds": 6, "per_round": 50, "scan": 300, "epochs": 2}
+FULL = {"pool_n": 0, "eval_n": 0, "rounds": 8, "per_round": 50, "scan": 400, "epochs": 2}
+"""The issue's setting: pool = all of train, eval = all of val (0: every row). About 2 hours on one thread
+of a shared 2-core CPU: 3,600 example-epochs of LoRA training, 9 x 374 eval rows and 8 x 400 pool rows
+scored per order; see the summary for what was run."""
 QUICK = {"pool_n": 200, "eval_n": 60, "rounds": 3, "per_round": 20, "scan": 80, "epochs": 1}
 
 
@@ -59,8 +62,9 @@ def setup(ws: Any, cfg: dict[str, Any]) -> tuple[list[dict], list[dict]]:
     from protege.tasks import load_task
 
     task = load_task(TASK)
-    pool = read(data_dir() / "train.jsonl")[: cfg["pool_n"]]
-    heldout = read(data_dir() / "val.jsonl")[: cfg["eval_n"]]
+    pool = read(data_dir() / "train.jsonl")[: cfg["pool_n"] or None]
+    heldout = read(data_dir() / "val.jsonl")[: cfg["eval_n"] or None]
+    cfg["pool_rows"], cfg["eval_rows"] = len(pool), len(heldout)
     for order in ORDERS:
         records = [Record(messages=task.student_messages({"text": r["text"]}),
                           metadata={"input": {"text": r["text"]}, "gold": r["label"]}) for r in pool]  # fmt: skip
@@ -131,8 +135,8 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     zero = results["uncertainty"]["start"]
     lines = [
         f"**Simulated review**: the gold label of each chosen record answers in place of a person. "
-        f"tweeteval-emotion, pool = first {c['pool_n']} train rows (no labels to start: round 1 starts from the "
-        f"untuned base), eval = first {c['eval_n']} val rows; {c['rounds']} rounds of K={c['per_round']}; "
+        f"tweeteval-emotion, pool = first {c['pool_rows']} train rows (no labels to start: round 1 starts from the "
+        f"untuned base), eval = first {c['eval_rows']} val rows; {c['rounds']} rounds of K={c['per_round']}; "
         f"LoRA r=16 on {BASE}, {c['epochs']} epoch(s) on every label so far, retrained each round; "
         f"uncertainty scores a seeded sample of {c['scan']} "
         f"unreviewed rows per round; seed {c['seed']}, {c['threads']} CPU thread(s)"
@@ -170,7 +174,7 @@ def findings(r: dict[str, Any]) -> list[str]:
                        f"uncertainty reached it with {c['uncertainty_labels']}: {c['fewer']:.0%} fewer labels "
                        f"({met} the >= 40% goal).")  # fmt: skip
     out.append("Differences smaller than the 95% intervals above are within the noise of "
-               f"{r['config']['eval_n']} eval rows.")  # fmt: skip
+               f"{r['config']['eval_rows']} eval rows.")  # fmt: skip
     return out
 
 
@@ -178,7 +182,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help=f"A small configuration: {QUICK}.")
     for key, value in FULL.items():
-        ap.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, help=f"default {value}")
+        ap.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, help=f"full: {value} (0: all rows)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (1: the cores are shared).")
     args = ap.parse_args()

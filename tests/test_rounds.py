@@ -123,6 +123,30 @@ def test_one_simulated_round_picks_the_least_certain(ws, tiny_model):
     assert row["score"] is None and "not compared: no --eval" in row["kept"]
 
 
+@pytest.mark.slow  # a CLI run generating on the tiny model: ~17 s on 2 busy cores
+def test_review_predict_gives_text_answers_their_mean_logprob_and_the_page_orders_by_it(ws, tiny_model, tmp_path):
+    from protege.review import predictions as P
+    from protege.review.session import Session, Settings
+
+    task_file = tmp_path / "reply.yaml"
+    task_file.write_text("name: reply\ninput: 'Customer: {{ text }}'\noutput: {kind: text}\n")
+    task = load_task(task_file)
+    texts = ["my parcel never came", "can I change my password", "the invoice is wrong", "thanks for the help"]
+    records = [Record(messages=task.student_messages({"text": t}) + [{"role": "assistant", "content": "On it."}],
+                      metadata={"input": {"text": t}}) for t in texts]  # fmt: skip
+    save_dataset(ws.store, "replies", records)
+    proc = run_cli("review", "predict", "replies", "--task", str(task_file), "--model", str(tiny_model),
+                   "--max-tokens", "4", "--json", env={"PROTEGE_WORKSPACE": str(ws.root)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(x) for x in Path(json.loads(proc.stdout)["path"]).read_text().splitlines()]
+    assert len(rows) == 4 and all(r["mean_logprob"] < 0 and isinstance(r["output"], str) for r in rows)
+    written = json.loads(proc.stdout)["path"]  # the file `review serve` reads by default
+    assert written == str(P.default_path(ws.artifacts, "replies"))
+    session = Session(ws.store, Settings("replies", task=task, predictions=written))
+    assert session.queue() == sorted(range(4), key=lambda i: rows[i]["mean_logprob"])
+    assert session.view(session.queue()[0], "ann")["prediction"]["mean_logprob"] == min(r["mean_logprob"] for r in rows)
+
+
 def test_keep_better_never_hands_over_a_worse_student():
     best = {"model": "zero-shot", "path": "base", "score": 0.51, "score_ci": [0.4, 0.6]}
     worse = {"model": "round 1", "path": "runs/r1", "score": 0.45, "score_ci": [0.35, 0.55]}

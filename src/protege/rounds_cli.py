@@ -111,6 +111,7 @@ def predict_cmd(
         Path | None, typer.Option("--out", help="Predictions file [default: the one `review serve` reads].")
     ] = None,
     name: Annotated[str | None, typer.Option(help="The model's name on the page.", callback=name_option)] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Longest answer, in tokens (text and JSON tasks).")] = 256,
     as_json: JsonOpt = False,
     workspace_: WorkspaceOpt = None,
 ) -> None:
@@ -128,7 +129,7 @@ def predict_cmd(
     records = load_records(ws.store, f"{info['name']}@{info['version']}")
     run = ws.store.get_run(model)
     path = str(ws.resolve(run["output_dir"])) if run and run["kind"] == "train" and run.get("output_dir") else model
-    preds = predict(load_student(name or model, path), load_task(task), records)
+    preds = predict(load_student(name or model, path), load_task(task), records, max_tokens=max_tokens)
     written = P.write(out or P.default_path(ws.artifacts, info["name"]), records, preds)
     if as_json:
         return print_json({"path": str(written), "records": len(preds), "model": name or model})

@@ -46,15 +46,18 @@ def load_student(name: str, path: str) -> Student:
     return Student(name, path, model.eval(), load_tokenizer(path))
 
 
-def predict(student: Student, task: Task, records: list[Record], what: str = "predict") -> list[Prediction]:
-    """The student's answer to each record, with choice scores (labels) or mean logprob (text)."""
+def predict(
+    student: Student, task: Task, records: list[Record], what: str = "predict", max_tokens: int = 256
+) -> list[Prediction]:
+    """The student's answer to each record, with choice scores (labels) or mean logprob (text, greedy,
+    at most `max_tokens` new tokens)."""
     prompts = [student_messages(task, r) for r in records]
     out: list[Prediction] = []
     with progress() as bar:
         job = bar.add_task(f"{what}: {student.name}", total=len(prompts))
         for start in range(0, len(prompts), CHUNK):
             chunk = prompts[start : start + CHUNK]
-            out += _labels(student, task, chunk) if task.output.kind == "label" else _texts(student, chunk)
+            out += _labels(student, task, chunk) if task.output.kind == "label" else _texts(student, chunk, max_tokens)
             bar.advance(job, len(chunk))
     return out
 
