@@ -157,36 +157,66 @@ def test_keep_better_never_hands_over_a_worse_student():
     assert keep_better(best, None, 3, compared=True)["kept"].startswith("zero-shot (round 3 had nothing approved")
 
 
-@pytest.mark.slow  # a rounds process, a LoRA training and the page: ~20 s
-def test_a_round_waits_for_people_on_the_page(ws, tiny_model):
+@pytest.mark.slow  # two rounds processes, a LoRA training and the page: ~30 s
+def test_a_round_waits_for_people_on_the_page_and_resumes_after_a_kill(ws, tiny_model):
     _workspace(ws)
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "protege", "-w", str(ws.root), "rounds", str(TASK), "--pool", "pool", "--base",
-         str(tiny_model), "--rounds", "1", "--per-round", "2", "--eval", "heldout", "--port", str(port), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    args = [
+        sys.executable,
+        "-m",
+        "protege",
+        "-w",
+        str(ws.root),
+        "rounds",
+        str(TASK),
+        "--pool",
+        "pool",
+        "--base",
+        str(tiny_model),
+        "--rounds",
+        "1",
+        "--per-round",
+        "2",
+        "--eval",
+        "heldout",
+        "--port",
+        str(port),
+        "--json",
+    ]
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
                 if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
+                    return proc
             except httpx.HTTPError:
                 assert proc.poll() is None, proc.communicate()[1][-3000:]
                 time.sleep(0.5)
-        with httpx.Client(base_url=url) as page:
-            first = page.get("/api/record", params={"at": 0}).json()
-            done = page.post("/api/action", json={"idx": first["idx"], "at": 0, "action": "accept"}).json()
-            page.post("/api/action", json={"idx": done["idx"], "at": 1, "action": "edit", "answer": "joy"})
+        raise AssertionError("the round's review page did not come up")
+
+    proc = start()
+    try:
+        first = httpx.get(url + "/api/record", params={"at": 0}).json()
+        httpx.post(url + "/api/action", json={"idx": first["idx"], "at": 0, "action": "accept"})
+        proc.kill()  # mid-round: one of its two records reviewed
+        proc.wait(30)
+        proc = start()
+        page = httpx.get(url + "/").text  # the resumed round serves the same two records, one still to do
+        assert 'reviewed-count">1</span> / 2 reviewed' in page and f'data-idx="{first["idx"]}"' not in page
+        second = int(page.split('data-idx="', 1)[1].split('"', 1)[0])
+        httpx.post(url + "/api/action", json={"idx": second, "at": 1, "action": "edit", "answer": "joy"})
         stdout, stderr = proc.communicate(timeout=300)
     finally:
         proc.kill()
     assert proc.returncode == 0, stderr[-3000:]
-    assert f"review its 2 records at {url}/" in stderr.replace("\n", " ")
+    assert "resuming" in stderr and f"review its 2 records at {url}/" in stderr.replace("\n", " ")
     out = json.loads(stdout)
-    assert out["simulated"] is False and out["rounds"][0]["labels_used"] == 2
-    assert out["rounds"][0]["approved"] == 2 and out["rounds"][0]["edit_rate"] in (0.0, 0.5)
+    row = out["rounds"][0]
+    assert out["simulated"] is False and row["labels_used"] == 2
+    assert sorted(row["chosen"]) == sorted([first["idx"], second])
+    assert row["approved"] == 2 and row["edit_rate"] in (0.0, 0.5)
     reviewers = {r["reviewer"] for r in ws.store.query("SELECT reviewer FROM review_actions")}
     assert reviewers == {"reviewer"}
