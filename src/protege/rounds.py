@@ -163,7 +163,7 @@ def choose(task: Task, s: RoundsSettings, run: Run, r: int, pool: list[Record], 
     if uses_model:
         preds = dict(zip(scan, predict(student, task, [pool[i] for i in scan], "choose"), strict=True))
     answers = {i: states[i].answer for i in scan}
-    picked = order(pool, scan, s.order, preds, answers, seed=s.seed * 7919 + r)[: s.per_round]
+    picked = distinct(pool, order(pool, scan, s.order, preds, answers, seed=s.seed * 7919 + r), s.per_round)
     if not uses_model:  # the model's answers to the picked records: for the page and for kappa
         preds = dict(zip(picked, predict(student, task, [pool[i] for i in picked], "answer"), strict=True))
     path = run.folder / f"round-{r}" / "predictions.jsonl"
@@ -173,6 +173,19 @@ def choose(task: Task, s: RoundsSettings, run: Run, r: int, pool: list[Record], 
     cur["predictions"] = str(path)
     run.save()
     return cur["chosen"]
+
+
+def distinct(pool: list[Record], ranked: list[int], k: int) -> list[int]:
+    """The first `k` of `ranked` with different inputs: one review covers all exact copies of an input."""
+    seen, out = set(), []
+    for i in ranked:
+        key = A.record_key(pool[i])
+        if key not in seen:
+            seen.add(key)
+            out.append(i)
+        if len(out) == k:
+            break
+    return out
 
 
 # ---- 2. review -----------------------------------------------------------------------------------------
@@ -352,7 +365,8 @@ def round_row(
     teacher_human = agreement([(A.stored_answer(pool[c["idx"]]), final_answer(st)) for c, st in mine], labels)
     row = {
         "round": r,
-        "labels_used": sum(st.reviewed for st in states),
+        # human decisions, not records: a review covers every exact duplicate of its input at once
+        "labels_used": len({A.record_key(x) for x, st in zip(pool, states, strict=True) if st.reviewed}),
         "score": best["score"],
         "score_ci": best["score_ci"],
         "kappa_model_human": model_human["kappa"],
