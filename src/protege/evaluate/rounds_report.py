@@ -75,15 +75,19 @@ def write_rounds_report(ws: Workspace, names: list[str], out: str | Path | None 
     runs = [get_run(ws, n) for n in names]
     if other := [r["name"] for r in runs if r["kind"] != "rounds"]:
         raise UserError(f"rounds runs can only be reported with other rounds runs; not rounds: {', '.join(other)}")
-    table = rows(runs)
-    simulated = any((r.get("metrics") or {}).get("simulated") for r in runs)
-    title = " vs ".join(names) + (" (simulated review)" if simulated else "")
     default = (
         ws.resolve(runs[0]["output_dir"]) / "report.html"
         if len(runs) == 1 and runs[0].get("output_dir")
         else ws.artifacts / "reports" / f"rounds-{'-'.join(file_safe(n) for n in names)[:120]}.html"
     )
-    out_path = Path(out) if out else default
+    return render(runs, Path(out) if out else default)
+
+
+def render(runs: list[dict[str, Any]], out_path: Path) -> dict[str, str]:
+    """Write the HTML and Markdown of `runs` (each {name, metrics: a rounds result})."""
+    table = rows(runs)
+    simulated = any((r.get("metrics") or {}).get("simulated") for r in runs)
+    title = " vs ".join(r["name"] for r in runs) + (" (simulated review)" if simulated else "")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     notes = [((r.get("metrics") or {}).get("start") or {}).get("why") for r in runs]
     body = [
