@@ -80,7 +80,6 @@ def _serve(ws, task_file, port: int) -> subprocess.Popen:
     raise AssertionError("review serve did not start in 60 s")
 
 
-@pytest.mark.slow  # two server starts and a browser: ~13 s on 2 busy cores
 def test_keyboard_review_survives_a_killed_server(ws, tmp_path):
     executable = _chromium()
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip install playwright)")

@@ -65,7 +65,7 @@ def _rounds(ws, tiny_model, *extra: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-@pytest.mark.slow  # three CLI runs, five LoRA trainings on the tiny model: ~40 s on 2 busy cores
+@pytest.mark.slow  # three CLI runs, five LoRA trainings on the tiny model: 17 s on idle cores, 35 s on busy ones
 def test_rounds_review_the_least_certain_first_and_resume(ws, tiny_model):
     _workspace(ws)
     first = _rounds(ws, tiny_model, "--rounds", "2")
@@ -123,7 +123,6 @@ def test_one_simulated_round_picks_the_least_certain(ws, tiny_model):
     assert row["score"] is None and "not compared: no --eval" in row["kept"]
 
 
-@pytest.mark.slow  # a CLI run generating on the tiny model: ~17 s on 2 busy cores
 def test_review_predict_gives_text_answers_their_mean_logprob_and_the_page_orders_by_it(ws, tiny_model, tmp_path):
     from protege.review import predictions as P
     from protege.review.session import Session, Settings
@@ -157,7 +156,7 @@ def test_keep_better_never_hands_over_a_worse_student():
     assert keep_better(best, None, 3, compared=True)["kept"].startswith("zero-shot (round 3 had nothing approved")
 
 
-@pytest.mark.slow  # two rounds processes, a LoRA training and the page: ~30 s
+@pytest.mark.slow  # two rounds processes, a LoRA training and the page: 16 s on idle cores
 def test_a_round_waits_for_people_on_the_page_and_resumes_after_a_kill(ws, tiny_model):
     _workspace(ws)
     port = free_port()
