@@ -1,7 +1,7 @@
 """The student's part of a round of `protege rounds`, in this process: answer records with a measure of
 confidence, and score a model on the eval set.
 
-Label tasks score every label by log-likelihood after the student prompt (train.classify.score_choices:
+Label tasks score every label by log-likelihood after the student prompt (models.choice.score_choices, the one scorer:
 the rule `protege serve`'s constrained choice follows, so `choice_scores` here and from the server
 agree); text tasks answer greedily and keep the answer's mean token log-probability. Rounds run the
 model in-process rather than through a `protege serve` child: a round asks it a few thousand
@@ -63,7 +63,7 @@ def predict(
 
 
 def _labels(student: Student, task: Task, prompts: list[list[dict[str, str]]]) -> list[Prediction]:
-    from protege.train.classify import score_choices
+    from protege.models.choice import score_choices
 
     scores = score_choices(student.model, student.tok, prompts, task.labels)
     preds = []
