@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-BENCHES = ["serve", "distill", "train", "distill_tweeteval", "export", "demo"]
+BENCHES = ["serve", "distill", "train", "distill_tweeteval", "export", "demo", "active_learning"]
 BLOCKS = {name: (name, "summary") for name in BENCHES} | {"demo-table": ("demo", "readme")}
 """README block -> (the bench that fills it, which key of its results)."""
 STALE = "> **stale**"

@@ -27,6 +27,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM = "smollm2-135m-instruct"
+# a tiny label task that a few training steps can learn (train and serve tests)
+EMOTION_LABELS = ["anger", "joy", "optimism", "sadness"]
+EMOTION_ROWS = [
+    {"text": "I am so angry at this queue", "label": "anger"},
+    {"text": "what a lovely sunny day", "label": "joy"},
+    {"text": "tomorrow will be better, I know it", "label": "optimism"},
+    {"text": "I miss her so much", "label": "sadness"},
+]
 
 # SmolLM2-Instruct's chat template (ChatML with a default system turn), verbatim: tests of system
 # prompts, shared prefixes and label scoring see what they would see with the real tokenizer.

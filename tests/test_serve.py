@@ -14,6 +14,8 @@ import openai
 import pytest
 from openai import OpenAI
 
+from conftest import EMOTION_LABELS as LABELS
+from conftest import EMOTION_ROWS as ROWS
 from conftest import run_cli
 from protege.errors import ProtegeError, UserError
 from protege.server_process import ServerProcess
@@ -361,15 +363,6 @@ def test_merged_adapter_answers_as_the_adapter_and_hides_the_base(tiny_model, ad
         engine.close()
     with pytest.raises(UserError, match="--merge"):
         build_engine(str(tiny_model), threads=1, merge=True)
-
-
-LABELS = ["anger", "joy", "optimism", "sadness"]
-ROWS = [
-    {"text": "I am so angry at this queue", "label": "anger"},
-    {"text": "what a lovely sunny day", "label": "joy"},
-    {"text": "tomorrow will be better, I know it", "label": "optimism"},
-    {"text": "I miss her so much", "label": "sadness"},
-]
 
 
 @pytest.mark.slow  # over 10 s

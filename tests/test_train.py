@@ -14,17 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import EMOTION_LABELS as LABELS
+from conftest import EMOTION_ROWS as ROWS
 from conftest import run_cli
 from protege.errors import UserError
 from protege.train.config import TrainConfig
-
-LABELS = ["anger", "joy", "optimism", "sadness"]
-ROWS = [
-    {"text": "I am so angry at this queue", "label": "anger"},
-    {"text": "what a lovely sunny day", "label": "joy"},
-    {"text": "tomorrow will be better, I know it", "label": "optimism"},
-    {"text": "I miss her so much", "label": "sadness"},
-]
 
 
 @pytest.fixture(scope="module")

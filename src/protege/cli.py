@@ -116,7 +116,7 @@ def models_rm(name: str) -> None:
 
 def _register_stages() -> None:
     # Explicit imports, one per stage: what `protege --help` shows is what is listed here.
-    from protege import demo_cli
+    from protege import demo_cli, rounds_cli
     from protege.data import cli as data_cli
     from protege.evaluate import cli as evaluate_cli
     from protege.review import cli as review_cli
@@ -124,7 +124,7 @@ def _register_stages() -> None:
     from protege.teachers import cli as teachers_cli
     from protege.train import cli as train_cli
 
-    for stage in (data_cli, teachers_cli, review_cli, train_cli, evaluate_cli, serve_cli, demo_cli):
+    for stage in (data_cli, teachers_cli, review_cli, train_cli, evaluate_cli, serve_cli, demo_cli, rounds_cli):
         stage.register(app)
 
 

@@ -9,6 +9,8 @@ Tables (what each stage reads and writes):
   calls      every model call: teacher requests, captured proxy traffic, judge calls
   feedback   ratings and corrections attached to a call
   runs       training and evaluation runs: config, status, metrics, where outputs went
+  review_actions  every reviewer action on a record (append-only: a record's status is its latest)
+  preferences     compare-mode verdicts between two models' answers to one input
 """
 
 from __future__ import annotations
@@ -90,6 +92,48 @@ MIGRATIONS: list[str] = [
     ALTER TABLE records ADD COLUMN reviewed_at REAL;
     CREATE INDEX records_dataset ON records(dataset_id, idx);
     CREATE INDEX calls_kind ON calls(kind, created_at);
+    """,
+    # 3: the review stage. Actions are never updated or deleted: an undo is an action of its own that
+    # restores the value the undone action replaced, so the history is whole and the latest action
+    # of a record is its current state. A record is found by dataset *name* and a key of its input
+    # (review.actions.record_key), so reviews carry over to the dataset's later versions.
+    """
+    CREATE TABLE review_actions (
+        id INTEGER PRIMARY KEY,
+        dataset TEXT NOT NULL,        -- dataset name
+        dataset_id INTEGER REFERENCES datasets(id) ON DELETE SET NULL,  -- the version on the page
+        idx INTEGER NOT NULL,         -- the record's index in that version
+        record_key TEXT NOT NULL,     -- hash of the record's input
+        reviewer TEXT NOT NULL,
+        action TEXT NOT NULL,         -- accept | edit | reject | undo
+        status TEXT NOT NULL,         -- the record's status after the action
+        old_value TEXT,               -- JSON {status, answer} before
+        new_value TEXT,               -- JSON {status, answer, kind} after
+        note TEXT,
+        seconds REAL,                 -- time the reviewer spent on the record before acting
+        undoes INTEGER REFERENCES review_actions(id),
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX review_actions_record ON review_actions(dataset, record_key, id);
+    CREATE INDEX review_actions_reviewer ON review_actions(dataset, reviewer, id);
+    CREATE TABLE preferences (
+        id INTEGER PRIMARY KEY,
+        dataset TEXT NOT NULL,
+        dataset_id INTEGER REFERENCES datasets(id) ON DELETE SET NULL,
+        idx INTEGER NOT NULL,
+        record_key TEXT NOT NULL,
+        reviewer TEXT NOT NULL,
+        model_a TEXT NOT NULL,        -- the two models, in the order given (not as shown)
+        model_b TEXT NOT NULL,
+        answer_a TEXT,
+        answer_b TEXT,
+        shown_left TEXT NOT NULL,     -- a | b: which one the page showed on the left
+        verdict TEXT NOT NULL,        -- a | b | tie | both_bad | undo
+        undoes INTEGER REFERENCES preferences(id),
+        seconds REAL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX preferences_record ON preferences(dataset, record_key, id);
     """,
 ]
 

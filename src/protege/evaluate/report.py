@@ -354,8 +354,13 @@ def combined_run(ws: Workspace, names: list[str]) -> dict[str, Any]:
 
 def write_report(ws: Workspace, run_name: str | list[str], out: str | Path | None = None) -> dict[str, str]:
     """Writes RUN's HTML report (default: the run's folder / report.html) and report.md beside it.
-    Several eval run names give one comparison report (default: artifacts/reports/compare-...)."""
+    Several eval run names give one comparison report (default: artifacts/reports/compare-...);
+    rounds runs (`protege rounds`) give their score-vs-labels curves, several in one plot."""
     names = [run_name] if isinstance(run_name, str) else list(run_name)
+    if get_run(ws, names[0])["kind"] == "rounds":  # predict -> review -> retrain: score against labels spent
+        from protege.evaluate.rounds_report import write_rounds_report
+
+        return write_rounds_report(ws, names, out)
     run = get_run(ws, names[0]) if len(names) == 1 else combined_run(ws, names)
     rows = comparison_rows(run.get("metrics") or {}) if run["kind"] == "eval" else []
     if run.get("output_dir"):

@@ -108,8 +108,9 @@ def training_labels(
         if run and run["kind"] == "train" and data_cfg.get("train"):
             try:
                 data = load_conversations(
-                    data_cfg["train"], task, ws.store, data_cfg.get("split"), data_cfg.get("limit")
-                )
+                    data_cfg["train"], task, ws.store, data_cfg.get("split"), data_cfg.get("limit"),
+                    data_cfg.get("review"),
+                )  # fmt: skip
             except ProtegeError as e:  # moved or deleted since: the eval data stands in, and says why
                 return None, f" (training data of {spec.source} unreadable: {e})"
             return data.labels, f"{_described(data.source, data_cfg['train'])}, training data of {spec.source}"

@@ -28,6 +28,10 @@ class DataConfig(Strict):
     """Use at most this many training records (the first ones), e.g. for a quick run."""
     eval_limit: int | None = Field(default=None, ge=1)
     """Evaluate on at most this many records (the first ones)."""
+    review: list[Literal["pending", "accepted", "edited", "rejected"]] | None = None
+    """Train only on the records whose *current* review status is one of these (workspace datasets),
+    e.g. [accepted, edited]: the reviews on the page apply at once (edited answers replace the
+    originals), with no export in between. Unset: every record but the rejected ones, as stored."""
 
 
 class LoraConfig(Strict):

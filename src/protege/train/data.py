@@ -43,10 +43,17 @@ class Conversations:
 
 # ---- loading ------------------------------------------------------------------------------------
 def load_conversations(
-    spec: str, task: Any | None, store: Any | None, split: str | None = None, limit: int | None = None
+    spec: str,
+    task: Any | None,
+    store: Any | None,
+    split: str | None = None,
+    limit: int | None = None,
+    review: list[str] | None = None,
 ) -> Conversations:
     """A workspace dataset (`name`, `name@3`; review == rejected left out) or a JSONL file of
-    `{"text","label"}` (rendered through `task.student_messages`) or `{"messages"}` rows."""
+    `{"text","label"}` (rendered through `task.student_messages`) or `{"messages"}` rows.
+    With `review`, a dataset's records as their reviews left them, only those with one of these
+    current statuses (protege.review.export.reviewed_records)."""
     path = Path(spec).expanduser()
     if path.suffix in (".jsonl", ".json") or path.is_file():
         if not path.is_file():
@@ -57,8 +64,14 @@ def load_conversations(
     from protege.data.records import get_dataset, load_records
 
     info = get_dataset(store, spec)
-    records = load_records(store, f"{info['name']}@{info['version']}", split=split)
-    records = [r for r in records if r.review != "rejected"][:limit]
+    if review:
+        from protege.review.export import reviewed_records
+
+        records = reviewed_records(store, f"{info['name']}@{info['version']}", review)
+        records = [r for r in records if split is None or r.split == split][:limit]
+    else:
+        records = load_records(store, f"{info['name']}@{info['version']}", split=split)
+        records = [r for r in records if r.review != "rejected"][:limit]
     chats, labels = [], []
     for r in records:
         msgs = [m.model_dump() for m in r.messages]
@@ -71,11 +84,17 @@ def load_conversations(
         "version": info["version"],
         "hash": info["hash"],
         "n": len(chats),
+        **({"review": list(review), "review_upto": _last_action(store, info["name"])} if review else {}),
         "teachers": teachers,
         "terms": terms,
         "source": info.get("source"),
     }
     return Conversations(chats, labels, source)
+
+
+def _last_action(store: Any, dataset: str) -> int | None:
+    """The id of the latest review action on `dataset`: with the version, what the examples were."""
+    return store.query("SELECT MAX(id) FROM review_actions WHERE dataset=?", (dataset,))[0][0]
 
 
 def _from_jsonl(path: Path, task: Any | None, limit: int | None) -> Conversations:

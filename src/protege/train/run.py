@@ -89,7 +89,7 @@ def train(cfg: TrainConfig, workspace: Any = None, resume: bool = False) -> dict
     task = load_task(cfg.task) if cfg.task else None
     labels = task.labels if task and task.output.kind == "label" else None
 
-    train_data = load_conversations(cfg.data.train, task, ws.store, cfg.data.split, cfg.data.limit)
+    train_data = load_conversations(cfg.data.train, task, ws.store, cfg.data.split, cfg.data.limit, cfg.data.review)
     eval_data = (
         load_conversations(cfg.data.eval, task, ws.store, cfg.data.eval_split, cfg.data.eval_limit)
         if cfg.data.eval
